@@ -1,0 +1,1 @@
+"""Named figure functions used by the notebooks (each submodule is one topic)."""
