@@ -1,0 +1,88 @@
+"""The Lightning Indexer of CSA layers (spec 4.5).
+
+It keeps its own small compressed keys k_j (c_I = ``index_head_dim`` channels, ratio 4, the
+overlapping compressor of ``compressor.py``) and scores every complete entry for every query:
+
+    I[t, j] = sum_h w[t, h] * ReLU(q[t, h] . k_j)         (no softmax)
+    q[t]    = (wq_b cq_t).view(H_I, c_I), RoPE on the last dims; cq_t is the query latent
+    w[t]    = weights_proj x_t * (c_I^-1/2 * H_I^-1/2)
+
+Entry j is valid for query t iff (j+1)*4 <= t+1 (its block is complete).  The attention then
+reads the top-k valid entries.  Ties are broken by the lowest entry index, so the picks never
+depend on how many entries (or invalid ones) follow.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .compressor import Compressor
+
+NEG_INF = float("-inf")
+
+
+def topk_lowest_index(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k indices along the last dim, ties broken by the lowest index; -1 where fewer than k
+    finite scores exist.  scores [..., N] fp32 with -inf for invalid entries -> [..., min(k, N)]."""
+    N = scores.shape[-1]
+    k = min(k, N)
+    if k == 0:
+        return scores.new_empty(*scores.shape[:-1], 0, dtype=torch.long)
+    vals, idx = torch.topk(scores, k, dim=-1)
+    kth = vals[..., -1:]
+    # a row needs care only if the k-th value is finite and tied with an entry left out
+    tied = (kth > NEG_INF).squeeze(-1) & ((scores >= kth).sum(-1) > k)
+    if tied.any():
+        rows = scores[tied]
+        order = torch.sort(rows, dim=-1, descending=True, stable=True).indices[..., :k]
+        idx = idx.clone()
+        idx[tied] = order
+        vals = vals.clone()
+        vals[tied] = rows.gather(-1, order)
+    return torch.where(vals > NEG_INF, idx, torch.full_like(idx, -1))
+
+
+class Indexer(nn.Module):
+    """Parameters (checkpoint names): ``wq_b`` [H_I c_I, q_lora], ``weights_proj`` [H_I, d] and its
+    own ``compressor`` (c = c_I, ratio 4)."""
+
+    def __init__(self, cfg, dtype=None):
+        super().__init__()
+        self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
+        self.wq_b = nn.Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, bias=False, dtype=dtype)
+        self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False, dtype=dtype)
+        self.compressor = Compressor(cfg.hidden_size, self.head_dim, 4, cfg.rms_norm_eps, dtype=dtype)
+        self.qat = True  # Hadamard + FP4 round trip of q and k (reference numerics)
+
+    def _qat(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.qat:
+            return t
+        from .quant import fp4_roundtrip, hadamard
+
+        return fp4_roundtrip(hadamard(t.float()), block=32).to(t.dtype)
+
+    def new_keys(self, x, start_pos, state, rope):
+        """Compress this chunk's tokens; returns (new keys [B, nb, c_I], first index)."""
+        k, first = self.compressor(x, start_pos, state, rope)
+        if k.shape[1]:
+            k = self._qat(k)
+        return k, first
+
+    def queries(self, x, cq, positions, rope):
+        """q [B, S, H_I, c_I] (rotated, QAT) and weights w [B, S, H_I] fp32."""
+        B, S, _ = x.shape
+        q = self.wq_b(cq).view(B, S, self.n_heads, self.head_dim)
+        q = self._qat(rope.rotate(q, positions))
+        w = F.linear(x.float(), self.weights_proj.weight.float()) * (self.head_dim**-0.5 * self.n_heads**-0.5)
+        return q, w
+
+    @staticmethod
+    def scores(q, w, keys, positions, ratio: int = 4):
+        """I [B, S, N] fp32: sum_h w * ReLU(q . k), -inf where (j+1)*ratio > t+1."""
+        B, S, H, c = q.shape
+        N = keys.shape[1]
+        dots = torch.matmul(q.float().reshape(B, S * H, c), keys.float().transpose(1, 2))  # [B, S*H, N]
+        s = torch.einsum("bshn,bsh->bsn", F.relu(dots).view(B, S, H, N), w)
+        valid = (torch.arange(N, device=q.device)[None, :] + 1) * ratio <= positions[:, None] + 1  # [S, N]
+        return s.masked_fill(~valid, NEG_INF)

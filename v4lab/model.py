@@ -1,0 +1,272 @@
+"""The whole DeepSeek-V4 model: embeddings -> mHC streams -> blocks -> head (spec 2), plus MTP (6).
+
+    e = embed[tokens]                       [B, S, d]
+    H = [e, e, e, e]                        [B, S, n, d]   n = hc_mult residual streams
+    for each block:
+        x, post, comb = hc_pre(H);  H = hc_post(attention(attn_norm(x)), H, post, comb)
+        x, post, comb = hc_pre(H);  H = hc_post(moe(ffn_norm(x)), H, post, comb)
+    logits = head(norm(hc_head(H)))
+
+Parameter names equal the official checkpoint names (spec 8.2), so ``state_dict()`` is the
+checkpoint with every FP8/FP4 tensor dequantised.
+
+``numerics``:
+* ``"reference"`` (default): the official code's arithmetic: QAT roundings (FP8 e4m3 on the nope
+  dims of stored KV, Hadamard + FP4 e2m1 on indexer q/k), the routing weight applied before the
+  experts' down projection, router / compressor / RoPE / mHC mixing / attention scores / head in fp32.
+* ``"hf"``: what ``transformers`` computes (no QAT, routing weight after the down projection), for
+  exact parity tests.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention, ForwardContext
+from .cache import CacheError, V4Cache
+from .config import V4Config
+from .mhc import hc_collapse, hc_expand, hc_head, hc_params, hc_weights
+from .moe import MoE
+from .norm import RMSNorm
+
+NUMERICS = ("reference", "hf")
+BACKENDS = ("torch", "triton")
+_DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class Block(nn.Module):
+    """mHC + attention + mHC + MoE.  Names: attn_norm, ffn_norm, hc_attn_*, hc_ffn_*, attn, ffn."""
+
+    def __init__(self, cfg: V4Config, layer: int, ratio: int, hash_routing: bool, dtype=None):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        n = cfg.hc_mult
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
+        hc_params(self, "hc_attn", cfg, (2 + n) * n)
+        hc_params(self, "hc_ffn", cfg, (2 + n) * n)
+        self.attn = Attention(cfg, ratio, dtype=dtype)
+        self.ffn = MoE(cfg, layer, hash_routing, dtype=dtype)
+
+    def forward(self, H, token_ids, start_pos, lc, ctx):
+        cfg = self.cfg
+        pre, post, comb = hc_weights(H, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, cfg)
+        a = self.attn(self.attn_norm(hc_collapse(H, pre)), start_pos, lc, ctx, self.layer)
+        H = hc_expand(a, H, post, comb)
+        pre, post, comb = hc_weights(H, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, cfg)
+        f = self.ffn(self.ffn_norm(hc_collapse(H, pre)), token_ids)
+        return hc_expand(f, H, post, comb)
+
+
+class MTPBlock(Block):
+    """The multi-token-prediction block: a window-only, learned-routing block that reads the main
+    model's final streams and the embedding of the next token, and predicts the token after it."""
+
+    def __init__(self, cfg: V4Config, dtype=None):
+        super().__init__(cfg, cfg.num_hidden_layers, cfg.mtp_ratio, hash_routing=False, dtype=dtype)
+        d, n = cfg.hidden_size, cfg.hc_mult
+        self.e_proj = nn.Linear(d, d, bias=False, dtype=dtype)
+        self.h_proj = nn.Linear(d, d, bias=False, dtype=dtype)
+        self.enorm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype)
+        self.hnorm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype)
+        self.norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype)
+        hc_params(self, "hc_head", cfg, n)
+
+
+class V4Model(nn.Module):
+    def __init__(self, config: V4Config, backend: str = "torch", numerics: str = "reference",
+                 dtype: torch.dtype | str | None = torch.float32, device=None, init: bool = True, seed: int = 0):
+        super().__init__()
+        if not isinstance(config, V4Config):
+            raise TypeError(f"V4Model needs a V4Config, got {type(config).__name__}")
+        if isinstance(dtype, str):
+            if dtype not in _DT:
+                raise ValueError(f"dtype must be one of {sorted(_DT)}, got {dtype!r}")
+            dtype = _DT[dtype]
+        dtype = dtype or torch.float32
+        self.config = cfg = config
+        d, V = cfg.hidden_size, cfg.vocab_size
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.embed = nn.Embedding(V, d, dtype=dtype)
+            self.layers = nn.ModuleList(
+                Block(cfg, i, cfg.compress_ratios[i], cfg.is_hash_layer(i), dtype=dtype)
+                for i in range(cfg.num_hidden_layers)
+            )
+            self.norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype)
+            self.head = nn.Linear(d, V, bias=False, dtype=dtype)
+            hc_params(self, "hc_head", cfg, cfg.hc_mult)
+            self.mtp = nn.ModuleList([MTPBlock(cfg, dtype=dtype)] if cfg.num_nextn_predict_layers else [])
+        self.set_numerics(numerics)
+        self.set_backend(backend)
+        if init and (device is None or str(device) != "meta"):
+            self.init_weights(seed)
+
+    # ------------------------------------------------------------------ settings ---------------
+    def set_numerics(self, numerics: str) -> "V4Model":
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+        self.numerics = numerics
+        ref = numerics == "reference"
+        for mod in self.modules():
+            if isinstance(mod, Attention):
+                mod.qat = ref
+                if mod.indexer is not None:
+                    mod.indexer.qat = ref
+            if isinstance(mod, MoE):
+                mod.weight_before_w2 = ref
+        return self
+
+    def set_backend(self, backend: str) -> "V4Model":
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton":
+            from .kernels import triton_available
+
+            if not triton_available():
+                raise RuntimeError("backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for CPU testing)")
+        self.backend = backend
+        for mod in self.modules():
+            if isinstance(mod, Attention):
+                mod.backend = backend
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def fingerprint(self):
+        return (id(self), self.config.schedule_string(), self.config.hidden_size)
+
+    # ------------------------------------------------------------------ init -------------------
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """A trainable start: small normal linears, unit norms, mHC close to plain residual
+        streams (comb near identity, pre = 1/n), zero sinks, distinct hash experts per token."""
+        g = torch.Generator().manual_seed(seed)
+        cfg = self.config
+        n = cfg.hc_mult
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif leaf.endswith("_fn"):
+                p.copy_(torch.randn(p.shape, generator=g) * 1e-3)
+            elif leaf.endswith("_base"):
+                if p.numel() == (2 + n) * n:
+                    base = torch.zeros((2 + n) * n)
+                    base[:n] = -torch.log(torch.tensor(float(n - 1)))  # sigmoid -> 1/n: x = mean of streams
+                    base[2 * n :] = (torch.eye(n) * 4.0).flatten()  # comb close to identity
+                    p.copy_(base)
+                else:
+                    p.fill_(-float(torch.log(torch.tensor(float(max(n - 1, 1))))))
+            elif leaf.endswith("_scale"):
+                p.fill_(1.0)
+            elif leaf in ("attn_sink", "ape", "bias"):
+                p.zero_()
+            elif p.dim() >= 2:
+                std = 0.02 if "embed" in name else p.shape[-1] ** -0.5
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        for name, b in self.named_buffers():
+            if name.endswith("tid2eid"):
+                E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+                b.copy_(torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(b.shape[0])]))
+
+    # ------------------------------------------------------------------ cache ------------------
+    def new_cache(self, batch_size: int = 1, storage: str | None = None, indexer_storage: str = "fp4") -> V4Cache:
+        """An empty decoding state.  ``storage``: None (model dtype), 'bf16'/'fp16'/'fp32', or
+        'deployed' (FP8 nope + BF16 RoPE entries, FP4/FP8 indexer keys)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return V4Cache(self.config, batch_size, self.dtype, self.device, storage, indexer_storage, owner=self.fingerprint())
+
+    # ------------------------------------------------------------------ forward ----------------
+    def _check_input(self, input_ids, attention_mask, start_pos):
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.device != self.device:
+            raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.device}")
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids is empty: give at least one token")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        if attention_mask is not None and not bool(torch.all(attention_mask != 0)):
+            raise ValueError("padding is not supported: V4's compressor blocks would count pad tokens "
+                             "(attention_mask has zeros); run sequences of different lengths separately")
+        end = start_pos + input_ids.shape[1]
+        if end > self.config.max_position_embeddings:
+            raise ValueError(f"positions {start_pos}..{end - 1} run past max_position_embeddings "
+                             f"({self.config.max_position_embeddings})")
+        return input_ids.long()
+
+    def hidden_states(self, input_ids, cache: V4Cache | None = None, ctx: ForwardContext | None = None,
+                      attention_mask=None) -> torch.Tensor:
+        """Final residual streams H [B, S, n, d] (before the head collapse)."""
+        start = cache.pos if cache is not None else 0
+        ids = self._check_input(input_ids, attention_mask, start)
+        B, S = ids.shape
+        ctx = ctx or ForwardContext()
+        if cache is None:
+            cache = self.new_cache(B)
+        else:
+            cache.check(self, B, S)
+        try:
+            h = self.embed(ids)  # [B, S, d]
+            H = h[:, :, None, :].expand(B, S, self.config.hc_mult, h.shape[-1]).contiguous()  # [B, S, n, d]
+            for layer, lc in zip(self.layers, cache.layers):
+                H = layer(H, ids, start, lc, ctx)
+        except BaseException as e:  # a half-updated cache must not be reused silently
+            cache.broken = f"a forward pass failed mid-chunk ({type(e).__name__}: {e})"
+            raise
+        cache.pos = start + S
+        return H
+
+    def logits_from_hidden(self, H: torch.Tensor) -> torch.Tensor:
+        y = self.norm(hc_head(H, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config))
+        if self.numerics == "reference":
+            return F.linear(y.float(), self.head.weight.float())  # fp32 head
+        return self.head(y).float()
+
+    def forward(self, input_ids, cache: V4Cache | None = None, attention_mask=None,
+                ctx: ForwardContext | None = None, return_hidden: bool = False):
+        """Logits [B, S, vocab] (fp32) of this chunk; with a cache, positions continue from
+        ``cache.pos`` and the cache is updated."""
+        H = self.hidden_states(input_ids, cache, ctx, attention_mask)
+        logits = self.logits_from_hidden(H)
+        return (logits, H) if return_hidden else logits
+
+    # ------------------------------------------------------------------ MTP --------------------
+    def mtp_logits(self, H_prev: torch.Tensor, next_ids: torch.Tensor, start_pos: int = 0, lc=None,
+                   ctx: ForwardContext | None = None) -> torch.Tensor:
+        """MTP head: logits for token t+2 from the final streams at t and the token t+1.
+        H_prev [B, S, n, d], next_ids [B, S] (token t+1 for position t)."""
+        if not len(self.mtp):
+            raise ValueError("this config has no MTP block (num_nextn_predict_layers = 0)")
+        blk = self.mtp[0]
+        cfg = self.config
+        e = blk.enorm(self.embed(next_ids))  # [B, S, d]
+        h = blk.hnorm(H_prev)  # each stream
+        X = blk.e_proj(e)[:, :, None, :] + blk.h_proj(h)  # [B, S, n, d]
+        if lc is None:
+            from .cache import LayerCache
+
+            lc = LayerCache(cfg, cfg.mtp_ratio, X.shape[0], self.dtype, self.device, "native", "fp4")
+        X = blk(X, next_ids, start_pos, lc, ctx or ForwardContext())
+        y = blk.norm(hc_head(X, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, cfg))
+        return F.linear(y.float(), self.head.weight.float())
+
+
+__all__ = ["V4Model", "ForwardContext", "CacheError"]
