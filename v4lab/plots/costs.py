@@ -1,0 +1,134 @@
+"""Figures of the cost model (:mod:`v4lab.costs`): KV cache and decode FLOPs against context,
+and the per-layer make-up of the cache.
+
+Every function returns a :class:`matplotlib.figure.Figure`; pass ``ax`` to draw into an existing
+axes instead. No pyplot state is used, so the functions work under any backend (Agg included).
+"""
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+
+from .. import costs
+
+# drawing order, colour and line style of the compared models
+_STYLE = {
+    "v3.2": dict(color="tab:gray", linestyle="-"),
+    "pro": dict(color="tab:blue", linestyle="-"),
+    "flash": dict(color="tab:orange", linestyle="-"),
+    "dense": dict(color="black", linestyle="--"),
+}
+_PART_COLORS = {"window": "tab:green", "compressed": "tab:blue", "indexer": "tab:purple", "state": "tab:red"}
+_KIND_LETTER = {"window": "S", "csa": "C", "hca": "H", "mla": "M", "dense": "D"}
+ONE_M = 2**20
+
+
+def default_context_lens() -> list[int]:
+    """1K to 1M tokens, four points per doubling."""
+    return sorted({int(round(2 ** (10 + i / 4))) for i in range(41)})
+
+
+def _axes(ax, figsize):
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        ax = fig.add_subplot()
+    return ax.figure, ax
+
+
+def _short(L: int) -> str:
+    if L % ONE_M == 0:
+        return f"{L // ONE_M}M"
+    if L % 1024 == 0:
+        return f"{L // 1024}K"
+    return f"{L:,}"
+
+
+def _ratio_note(key, name, model_ratio, L, report, verb):
+    text = f"at {_short(L)}: {name} {model_ratio:.2f}x {verb} than V3.2"
+    if L == ONE_M and key in report:
+        text += f" (report: {report[key]}x)"
+    return text
+
+
+def _curves(ax, lens, value, report, verb, ylabel):
+    """Draw one line per compared model, annotate the V4 end points with their ratio to V3.2."""
+    ends = {}
+    for key, style in _STYLE.items():
+        model = costs.preset(key)
+        ys = [value(model, L) for L in lens]
+        ax.plot(lens, ys, label=costs.model_name(model), marker="o", markevery=[len(lens) - 1],
+                markersize=4, **style)
+        ends[key] = (costs.model_name(model), ys[-1])
+    L = lens[-1]
+    ref = ends["v3.2"][1]
+    for key, y_text in (("pro", 0.64), ("flash", 0.52)):
+        name, y = ends[key]
+        ax.text(
+            0.02, y_text, _ratio_note(key, name.replace("DeepSeek-", ""), ref / y, L, report, verb),
+            transform=ax.transAxes, va="top", fontsize=8, color=_STYLE[key]["color"],
+            bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5),
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ticks = [L for L in (2**k for k in range(10, 31, 2)) if lens[0] <= L <= lens[-1]]
+    ax.set_xticks(ticks, [_short(t) for t in ticks])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def plot_kv_cache(context_lens=None, storage="deployed", indexer_storage="fp4", ax=None) -> Figure:
+    """KV cache of one sequence (GB) against context for V3.2, V4-Pro, V4-Flash and the dense GQA-8
+    baseline, log-log, with the V4 ratios to V3.2 at the longest context next to the report's
+    9.5x (Pro) / 13.7x (Flash) when that context is 1M."""
+    lens = sorted(default_context_lens() if context_lens is None else list(context_lens))
+    fig, ax = _axes(ax, (7, 4.5))
+    _curves(
+        ax, lens,
+        lambda m, L: costs.kv_cache_bytes(m, L, storage, indexer_storage).total / costs.GB,
+        costs.REPORT_KV_RATIO, "smaller", "KV cache per sequence (GB)",
+    )
+    ax.set_title(f"KV cache vs context, storage: {costs.storage_label(storage, indexer_storage)}", fontsize=10)
+    return fig
+
+
+def plot_decode_flops(context_lens=None, weighting="fp8-equivalent", ax=None) -> Figure:
+    """FLOPs to decode one token (GFLOP) against context for V3.2, V4-Pro, V4-Flash and the dense
+    GQA-8 baseline, log-log, with the V4 ratios to V3.2 at the longest context next to the
+    report's 3.7x (Pro) / 9.8x (Flash) when that context is 1M."""
+    lens = sorted(default_context_lens() if context_lens is None else list(context_lens))
+    fig, ax = _axes(ax, (7, 4.5))
+    _curves(
+        ax, lens,
+        lambda m, L: costs.decode_flops(m, L, weighting).total / 1e9,
+        costs.REPORT_FLOPS_RATIO, "fewer FLOPs", f"GFLOP per decoded token ({weighting})",
+    )
+    ax.set_title(f"Decode FLOPs per token vs context, weighting: {weighting}", fontsize=10)
+    return fig
+
+
+def plot_layer_breakdown(cfg, context_len, storage="deployed", indexer_storage="fp4", ax=None) -> Figure:
+    """Stacked bars, one per main layer: window ring, compressed entries, indexer keys and
+    compressor state of ``cfg``'s cache at ``context_len`` tokens. Tick labels give the layer
+    index and kind (S = window-only, C = CSA, H = HCA)."""
+    kv = costs.kv_cache_bytes(cfg, context_len, storage, indexer_storage)
+    biggest = max(row["total"] for row in kv.per_layer)
+    unit, scale = next((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if biggest >= s)
+    n = len(kv.per_layer)
+    fig, ax = _axes(ax, (max(6.0, 0.16 * n + 2), 4))
+    x = list(range(n))
+    bottom = [0.0] * n
+    for part in costs.PARTS:
+        heights = [row[part] / scale for row in kv.per_layer]
+        ax.bar(x, heights, bottom=bottom, label=part, color=_PART_COLORS[part], width=0.8)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(x, [f"{row['layer']} {_KIND_LETTER.get(row['kind'], '?')}" for row in kv.per_layer],
+                  rotation=90, fontsize=7)
+    ax.set_xlabel("layer (S = window-only, C = CSA, H = HCA)")
+    ax.set_ylabel(f"bytes ({unit})")
+    ax.set_title(
+        f"{kv.model}: cache per layer at L = {kv.context_len:,}, storage {kv.storage}; "
+        f"total {costs.format_bytes(kv.total)}", fontsize=9,
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
