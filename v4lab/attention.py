@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from .compressor import Compressor
 from .config import V4Config
 from .indexer import Indexer, topk_lowest_index
-from .norm import RMSNorm, rms0
+from .norm import RMSNorm, f32, rms0
 from .rope import Rope
 
 NEG_INF = float("-inf")
@@ -132,7 +132,7 @@ class Attention(nn.Module):
             kw = win_kv[:, lo:hi]  # [B, Kw, D]
             kpos = torch.arange(win_start + lo, win_start + hi, device=x.device)
             wmask = (kpos[None, :] <= pb[:, None]) & (kpos[None, :] > pb[:, None] - w)  # [Q, Kw]
-            s_win = torch.einsum("bqhd,bkd->bhqk", qb.float(), kw.float()) * scale
+            s_win = torch.einsum("bqhd,bkd->bhqk", f32(qb), f32(kw)) * scale
             s_win = s_win.masked_fill(~wmask, NEG_INF)
             parts = [s_win]
             kc = sel = None
@@ -143,17 +143,17 @@ class Attention(nn.Module):
                     sel = topk_lowest_index(iscore, self.indexer.topk)  # [B, Q, k], -1 invalid
                     kc = torch.gather(comp, 1, sel.clamp(min=0).flatten(1)[..., None].expand(-1, -1, D))
                     kc = kc.view(B, b1 - b0, -1, D)  # [B, Q, k, D]
-                    s_c = torch.einsum("bqhd,bqkd->bhqk", qb.float(), kc.float()) * scale
+                    s_c = torch.einsum("bqhd,bqkd->bhqk", f32(qb), f32(kc)) * scale
                     s_c = s_c.masked_fill((sel < 0)[:, None], NEG_INF)
                 else:  # dense over the complete entries
                     kc = comp[:, :n_vis]  # [B, Nc, D]
                     cmask = (torch.arange(n_vis, device=x.device)[None, :] + 1) * m <= pb[:, None] + 1
-                    s_c = torch.einsum("bqhd,bkd->bhqk", qb.float(), kc.float()) * scale
+                    s_c = torch.einsum("bqhd,bkd->bhqk", f32(qb), f32(kc)) * scale
                     s_c = s_c.masked_fill(~cmask, NEG_INF)
                     if m == 4:
                         iscore = self.indexer.scores(qI[:, b0:b1], wI[:, b0:b1], keys[:, :n_vis], pb)
                 parts.append(s_c)
-            sink = self.attn_sink.float()[None, :, None, None].expand(B, H, b1 - b0, 1)
+            sink = f32(self.attn_sink)[None, :, None, None].expand(B, H, b1 - b0, 1)
             logits = torch.cat(parts + [sink], dim=-1)  # one softmax over window + compressed + sink
             probs = logits.softmax(dim=-1)
             p_win = probs[..., : s_win.shape[-1]].to(kv.dtype)

@@ -205,15 +205,16 @@ class LayerCache:
         self.ring = EntryStore(batch, D, fmt, dtype, device, r, capacity=self.window)
         self.ring.n = self.window  # slots exist from the start; validity comes from the position
         self.comp = self.pool = self.idx_comp = self.idx_pool = None
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32  # compressor state: fp32 (fp64 in fp64 runs)
         if ratio:
             rows, coff = (2 * ratio, 2) if ratio == 4 else (ratio, 1)
-            z = lambda w: torch.zeros(batch, rows, coff * w, dtype=torch.float32, device=device)  # noqa: E731
+            z = lambda w: torch.zeros(batch, rows, coff * w, dtype=sdt, device=device)  # noqa: E731
             self.comp = CompressorState(z(D), z(D))
             self.pool = EntryStore(batch, D, fmt, dtype, device, r)
         if ratio == 4:
             self.idx_comp = CompressorState(
-                torch.zeros(batch, 8, 2 * cI, dtype=torch.float32, device=device),
-                torch.zeros(batch, 8, 2 * cI, dtype=torch.float32, device=device),
+                torch.zeros(batch, 8, 2 * cI, dtype=sdt, device=device),
+                torch.zeros(batch, 8, 2 * cI, dtype=sdt, device=device),
             )
             self.idx_pool = EntryStore(batch, cI, indexer_storage if storage == "deployed" else "native", dtype, device, 0)
 

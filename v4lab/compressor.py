@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .norm import RMSNorm
+from .norm import RMSNorm, f32
 
 
 def pool_blocks(kv, z, m: int, overlap: bool, prev_kv=None, prev_z=None):
@@ -32,6 +32,8 @@ def pool_blocks(kv, z, m: int, overlap: bool, prev_kv=None, prev_z=None):
     """
     B, T, C = kv.shape
     nb = T // m
+    if nb == 0:
+        return kv.new_zeros(B, 0, C // 2 if overlap else C)
     kv = kv[:, : nb * m].view(B, nb, m, C)
     z = z[:, : nb * m].view(B, nb, m, C)
     if overlap:
@@ -74,8 +76,8 @@ class Compressor(nn.Module):
         B, S, _ = x.shape
         m = self.ratio
         pos = torch.arange(start_pos, start_pos + S, device=x.device)
-        a = F.linear(x.float(), self.wkv.weight.float())  # [B, S, coff*c]
-        z = F.linear(x.float(), self.wgate.weight.float()) + self.ape[pos % m]
+        a = F.linear(f32(x), f32(self.wkv.weight))  # [B, S, coff*c]
+        z = F.linear(f32(x), f32(self.wgate.weight)) + self.ape[pos % m]
         r0 = start_pos % m  # rows of the current partial block already in the state
         cur = slice(m, m + r0) if self.overlap else slice(0, r0)
         rows_kv = torch.cat([state.kv_state[:, cur], a], dim=1)  # first row at a block start

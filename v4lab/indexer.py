@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .compressor import Compressor
+from .norm import f32
 
 NEG_INF = float("-inf")
 
@@ -60,7 +61,7 @@ class Indexer(nn.Module):
             return t
         from .quant import fp4_roundtrip, hadamard
 
-        return fp4_roundtrip(hadamard(t.float()), block=32).to(t.dtype)
+        return fp4_roundtrip(hadamard(f32(t)), block=32).to(t.dtype)
 
     def new_keys(self, x, start_pos, state, rope):
         """Compress this chunk's tokens; returns (new keys [B, nb, c_I], first index)."""
@@ -74,15 +75,21 @@ class Indexer(nn.Module):
         B, S, _ = x.shape
         q = self.wq_b(cq).view(B, S, self.n_heads, self.head_dim)
         q = self._qat(rope.rotate(q, positions))
-        w = F.linear(x.float(), self.weights_proj.weight.float()) * (self.head_dim**-0.5 * self.n_heads**-0.5)
+        w = F.linear(f32(x), f32(self.weights_proj.weight)) * (self.head_dim**-0.5 * self.n_heads**-0.5)
         return q, w
 
     @staticmethod
-    def scores(q, w, keys, positions, ratio: int = 4):
-        """I [B, S, N] fp32: sum_h w * ReLU(q . k), -inf where (j+1)*ratio > t+1."""
+    def scores(q, w, keys, positions, ratio: int = 4, budget: int = 1 << 22):
+        """I [B, S, N] fp32: sum_h w * ReLU(q . k), -inf where (j+1)*ratio > t+1.
+        The per-head products are made for a few queries at a time (at most ``budget`` values)."""
         B, S, H, c = q.shape
         N = keys.shape[1]
-        dots = torch.matmul(q.float().reshape(B, S * H, c), keys.float().transpose(1, 2))  # [B, S*H, N]
-        s = torch.einsum("bshn,bsh->bsn", F.relu(dots).view(B, S, H, N), w)
+        kT = f32(keys).transpose(1, 2)  # [B, c, N]
+        out = q.new_empty(B, S, N, dtype=f32(w).dtype)
+        step = max(1, budget // max(1, H * N * B))
+        for s0 in range(0, S, step):
+            s1 = min(S, s0 + step)
+            dots = torch.matmul(f32(q[:, s0:s1]).reshape(B, (s1 - s0) * H, c), kT)  # [B, s*H, N]
+            out[:, s0:s1] = torch.einsum("bshn,bsh->bsn", F.relu(dots).view(B, s1 - s0, H, N), w[:, s0:s1])
         valid = (torch.arange(N, device=q.device)[None, :] + 1) * ratio <= positions[:, None] + 1  # [S, N]
-        return s.masked_fill(~valid, NEG_INF)
+        return out.masked_fill_(~valid, NEG_INF)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import V4Config
+from .norm import f32
 
 
 def sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
@@ -49,7 +50,7 @@ def hc_weights(H, fn, base, scale, cfg: V4Config):
     """Mixing weights of one sub-block.  H [B, S, n, d] ->
     pre [B,S,n], post [B,S,n], comb [B,S,n,n], all fp32."""
     n = cfg.hc_mult
-    h = H.flatten(-2).float()  # [B, S, n*d] stream-major
+    h = f32(H.flatten(-2))  # [B, S, n*d] stream-major
     mu = F.linear(h, fn) * _rms_fold(h, cfg.rms_norm_eps)  # [B, S, (2+n)n]
     pre = torch.sigmoid(scale[0] * mu[..., :n] + base[:n]) + cfg.hc_eps
     post = 2 * torch.sigmoid(scale[1] * mu[..., n : 2 * n] + base[n : 2 * n])
@@ -60,20 +61,20 @@ def hc_weights(H, fn, base, scale, cfg: V4Config):
 
 def hc_collapse(H: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """x = sum_i pre_i H_i  -> [B, S, d] in H's dtype (weighted sum in fp32)."""
-    return torch.einsum("bsn,bsnd->bsd", pre, H.float()).to(H.dtype)
+    return torch.einsum("bsn,bsnd->bsd", pre, f32(H)).to(H.dtype)
 
 
 def hc_expand(f: torch.Tensor, H: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
     """H'_j = post_j f + sum_i comb[i, j] H_i  (mixing in fp32, result in H's dtype).
     The sum runs over the first index of comb: comb is applied transposed."""
-    mixed = torch.einsum("bsij,bsid->bsjd", comb, H.float())
-    return (post[..., None] * f.float()[:, :, None, :] + mixed).to(H.dtype)
+    mixed = torch.einsum("bsij,bsid->bsjd", comb, f32(H))
+    return (post[..., None] * f32(f)[:, :, None, :] + mixed).to(H.dtype)
 
 
 def hc_head(H, fn, base, scale, cfg: V4Config) -> torch.Tensor:
     """Final collapse before the norm and the LM head: pre = sigmoid(mu * scale + base) + eps,
     y = sum_i pre_i H_i (no Sinkhorn, no post)."""
-    h = H.flatten(-2).float()
+    h = f32(H.flatten(-2))
     mu = F.linear(h, fn) * _rms_fold(h, cfg.rms_norm_eps)  # [B, S, n]
     pre = torch.sigmoid(mu * scale + base) + cfg.hc_eps
     return hc_collapse(H, pre)

@@ -30,7 +30,7 @@ from .cache import CacheError, V4Cache
 from .config import V4Config
 from .mhc import hc_collapse, hc_expand, hc_head, hc_params, hc_weights
 from .moe import MoE
-from .norm import RMSNorm
+from .norm import RMSNorm, f32
 
 NUMERICS = ("reference", "hf")
 BACKENDS = ("torch", "triton")
@@ -99,6 +99,8 @@ class V4Model(nn.Module):
             self.head = nn.Linear(d, V, bias=False, dtype=dtype)
             hc_params(self, "hc_head", cfg, cfg.hc_mult)
             self.mtp = nn.ModuleList([MTPBlock(cfg, dtype=dtype)] if cfg.num_nextn_predict_layers else [])
+        if dtype == torch.float64:  # fully fp64 (for exact tests): the fp32 parameters too
+            self.double()
         self.set_numerics(numerics)
         self.set_backend(backend)
         if init and (device is None or str(device) != "meta"):
@@ -237,8 +239,8 @@ class V4Model(nn.Module):
     def logits_from_hidden(self, H: torch.Tensor) -> torch.Tensor:
         y = self.norm(hc_head(H, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config))
         if self.numerics == "reference":
-            return F.linear(y.float(), self.head.weight.float())  # fp32 head
-        return self.head(y).float()
+            return F.linear(f32(y), f32(self.head.weight))  # fp32 head
+        return f32(self.head(y))
 
     def forward(self, input_ids, cache: V4Cache | None = None, attention_mask=None,
                 ctx: ForwardContext | None = None, return_hidden: bool = False):
@@ -266,7 +268,7 @@ class V4Model(nn.Module):
             lc = LayerCache(cfg, cfg.mtp_ratio, X.shape[0], self.dtype, self.device, "native", "fp4")
         X = blk(X, next_ids, start_pos, lc, ctx or ForwardContext())
         y = blk.norm(hc_head(X, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, cfg))
-        return F.linear(y.float(), self.head.weight.float())
+        return F.linear(f32(y), f32(self.head.weight))
 
 
 __all__ = ["V4Model", "ForwardContext", "CacheError"]

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import V4Config
+from .norm import f32
 
 
 class Expert(nn.Module):
@@ -37,8 +38,8 @@ class Expert(nn.Module):
         if weight is None:
             return self.w2(h)
         if weight_before_w2:  # the reference: scale the hidden state, then project
-            return self.w2((h.float() * weight[:, None]).to(h.dtype))
-        return self.w2(h).float() * weight[:, None]  # transformers: project, then scale
+            return self.w2((f32(h) * weight[:, None]).to(h.dtype))
+        return f32(self.w2(h)) * weight[:, None]  # transformers: project, then scale
 
 
 class Gate(nn.Module):
@@ -57,7 +58,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None):
         """x [T, d] -> (expert ids [T, k], weights [T, k] fp32, scores [T, E] fp32)."""
-        s = torch.sqrt(F.softplus(F.linear(x.float(), self.weight.float())))  # [T, E]
+        s = torch.sqrt(F.softplus(F.linear(f32(x), f32(self.weight))))  # [T, E]
         if self.hash:
             if token_ids is None:
                 raise ValueError("hash-routed MoE layers need the input token ids")
@@ -84,13 +85,13 @@ class MoE(nn.Module):
         flat = x.reshape(-1, d)  # [T, d]
         ids = token_ids.reshape(-1) if token_ids is not None else None
         idx, w, _ = self.gate(flat, ids)  # [T, k]
-        y = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
+        y = torch.zeros(flat.shape, dtype=f32(x).dtype, device=x.device)
         counts = torch.bincount(idx.flatten(), minlength=len(self.experts))
         self.last_load = counts.detach()
         for e in torch.nonzero(counts).flatten().tolist():
             tok, slot = torch.nonzero(idx == e, as_tuple=True)
             out = self.experts[e](flat[tok], w[tok, slot], self.weight_before_w2)
-            y.index_add_(0, tok, out.float())
+            y.index_add_(0, tok, out.to(y.dtype))
         if self.shared_experts is not None:
-            y = y + self.shared_experts(flat).float()
+            y = y + self.shared_experts(flat).to(y.dtype)
         return y.to(x.dtype).view(B, S, d)

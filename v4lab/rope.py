@@ -14,6 +14,7 @@ import math
 import torch
 
 from .config import V4Config
+from .norm import f32
 
 
 def yarn_inv_freq(rope_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
@@ -63,7 +64,7 @@ class Rope:
             sin = -sin
         if x.dim() == 4:  # [B, S, H, C]: broadcast over heads
             cos, sin = cos[:, None, :], sin[:, None, :]
-        pairs = x[..., -r:].float().unflatten(-1, (r // 2, 2))  # [..., r/2, 2] adjacent pairs
+        pairs = f32(x[..., -r:]).unflatten(-1, (r // 2, 2))  # [..., r/2, 2] adjacent pairs
         a, b = pairs[..., 0], pairs[..., 1]
         rot = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
         return torch.cat((x[..., :-r], rot.to(x.dtype)), dim=-1)
