@@ -1,0 +1,238 @@
+"""Plain PyTorch references for the v4lab kernels: these functions *are* the spec.
+
+Every Triton wrapper in this package has a twin here with the same name and signature, so a
+caller can swap backends with one import (``from v4lab.kernels import reference as ref``).  The
+references compute in fp32, run on any device, and are written for clarity first; they process
+queries in chunks so that their memory stays bounded (about ``_BUDGET`` fp32 elements of
+intermediates) even at long contexts, which makes them usable as the CPU path of the model.
+
+Shapes are batch-first.  Notation follows the architecture note (sections 4.4-4.9):
+``ratio`` = m (4 for CSA, 128 for HCA), ``c`` = compressed width, ``H`` = heads, ``D`` = head dim.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "compress_pool",
+    "compress_pool_decode",
+    "indexer_scores",
+    "indexer_topk",
+    "sparse_attention",
+    "sparse_attention_decode",
+    "hca_attention",
+    "topk_keys",
+    "topk_from_keys",
+    "INVALID_KEY_LIMIT",
+]
+
+_BUDGET = 1 << 25  # fp32 elements of intermediates per chunk (128 MiB)
+
+
+def _chunk_rows(total: int, per_row: int, budget: int = _BUDGET) -> int:
+    """How many query rows fit in the budget (at least one)."""
+    return max(1, min(max(total, 1), budget // max(per_row, 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# 4.4 token-level compressor: per-channel softmax pooling
+# --------------------------------------------------------------------------------------------
+
+def compress_pool(kv, gate, ape, ratio, overlap, prev_kv=None, prev_gate=None):
+    """Pool complete blocks of ``ratio`` tokens into compressed entries (before norm and RoPE).
+
+    kv, gate: [B, T, coff*c] projections of T tokens; the first token sits at a block start.
+    ape: [ratio, coff*c] fp32, added to gate row r of every block.  coff = 2 if overlap else 1.
+    Returns [B, T // ratio, c] fp32; a trailing partial block is ignored.
+
+    overlap=False (HCA):  out[j, e] = sum_r softmax_r(gate[jm+r, e] + ape[r, e]) * kv[jm+r, e].
+    overlap=True (CSA):   entry j pools 2*ratio rows with one per-channel softmax: the A-half
+    (channels [:c]) of block j-1 and the B-half (channels [c:]) of block j.  For j = 0 the
+    previous block is (prev_kv, prev_gate) [B, ratio, c] (ape already added to prev_gate) or,
+    when None, absent (kv 0, gate -inf: weight 0).
+    """
+    B, T, width = kv.shape
+    nb = T // ratio
+    c = width // 2 if overlap else width
+    a = kv[:, : nb * ratio].float().reshape(B, nb, ratio, width)
+    z = gate[:, : nb * ratio].float().reshape(B, nb, ratio, width) + ape.float()
+    if overlap:
+        A = a.new_zeros(B, nb, 2 * ratio, c)
+        Z = a.new_full((B, nb, 2 * ratio, c), float("-inf"))
+        A[:, :, ratio:], Z[:, :, ratio:] = a[..., c:], z[..., c:]          # own block, B-half
+        A[:, 1:, :ratio], Z[:, 1:, :ratio] = a[:, :-1, :, :c], z[:, :-1, :, :c]  # prev, A-half
+        if prev_kv is not None and nb > 0:
+            A[:, 0, :ratio], Z[:, 0, :ratio] = prev_kv.float(), prev_gate.float()
+        a, z = A, Z
+    return (a * torch.softmax(z, dim=2)).sum(dim=2)                          # [B, nb, c]
+
+
+def compress_pool_decode(kv_rows, gate_rows, overlap):
+    """Pool the block that the decode step just completed.  Returns [B, c] fp32.
+
+    HCA (overlap=False): kv_rows, gate_rows [B, m, c], gate rows already include ape.
+    CSA (overlap=True):  [B, 2m, 2c]; rows 0..m-1 = previous block, rows m..2m-1 = current
+    block; pools the A-half of rows 0..m-1 with the B-half of rows m..2m-1.
+    """
+    a, z = kv_rows.float(), gate_rows.float()
+    if overlap:
+        m, c = a.shape[1] // 2, a.shape[2] // 2
+        a = torch.cat([a[:, :m, :c], a[:, m:, c:]], dim=1)
+        z = torch.cat([z[:, :m, :c], z[:, m:, c:]], dim=1)
+    return (a * torch.softmax(z, dim=1)).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# 4.5 Lightning Indexer
+# --------------------------------------------------------------------------------------------
+
+def indexer_scores(q, w, k, q_pos, ratio):
+    """Indexer scores with causal validity.  Returns [B, S, N] fp32.
+
+    q [B, S, H_I, c_I], w [B, S, H_I] (per-head weights, already scaled), k [B, N, c_I]
+    (entry j covers block j), q_pos [S] int64 absolute positions.
+    score[b,s,j] = sum_h w[b,s,h] * relu(q[b,s,h] . k[b,j])  if (j+1)*ratio <= q_pos[s]+1
+                   -inf                                      otherwise.
+    """
+    B, S, H, _ = q.shape
+    N = k.shape[1]
+    out = q.new_empty(B, S, N, dtype=torch.float32)
+    kf = k.float()
+    j = torch.arange(N, device=q.device)
+    step = _chunk_rows(S, B * H * N)
+    for s0 in range(0, S, step):
+        s1 = min(S, s0 + step)
+        logits = torch.einsum("bshd,bnd->bshn", q[:, s0:s1].float(), kf).relu_()
+        score = torch.einsum("bshn,bsh->bsn", logits, w[:, s0:s1].float())
+        valid = (j[None, :] + 1) * ratio <= q_pos[s0:s1, None].to(q.device) + 1   # [s, N]
+        out[:, s0:s1] = score.masked_fill(~valid, float("-inf"))
+    return out
+
+
+# Deterministic top-k.  torch.topk does not promise an order among equal values, so the
+# selection runs on unique int64 keys that sort exactly like (score descending, index
+# ascending):  key = order_preserving_int32(score) * 2**32 + (2**31 - 1 - j).
+# -0.0 is folded into +0.0 and NaN into -inf first, so equal scores give equal high words.
+# Invalid entries (-inf) keep the lowest high word and are turned into -1 after selection,
+# so the picks never depend on how many invalid entries (or future blocks) follow.
+_NEG_INF_KEY32 = -2139095041                   # order_preserving_int32(-inf)
+INVALID_KEY_LIMIT = (_NEG_INF_KEY32 + 1) << 32  # keys below this are invalid picks
+
+
+def topk_keys(scores):
+    """Unique int64 sort keys for fp32 ``scores`` [..., N] (last dim = entry index)."""
+    inf = float("inf")
+    s = torch.nan_to_num(scores.float(), nan=-inf, posinf=inf, neginf=-inf)  # a fresh copy
+    s.add_(0.0)                                                  # -0.0 -> +0.0
+    bits = s.view(torch.int32)
+    k32 = (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)  # negatives: flip magnitude
+    keys = k32.to(torch.int64).bitwise_left_shift_(32)
+    j = torch.arange(s.shape[-1], device=s.device, dtype=torch.int64)
+    return keys.add_((1 << 31) - 1).sub_(j)                      # low word: 2**31 - 1 - j
+
+
+def topk_from_keys(keys, topk):
+    """Indices of the ``min(topk, N)`` largest keys, best first; -1 for invalid picks."""
+    kk = min(topk, keys.shape[-1])
+    vals, pos = keys.topk(kk, dim=-1, largest=True, sorted=True)
+    return torch.where(vals >= INVALID_KEY_LIMIT, pos, torch.full_like(pos, -1))
+
+
+def indexer_topk(q, w, k, q_pos, ratio, topk, chunk_size=None):
+    """Top-k valid compressed entries per query.  Returns [B, S, min(topk, N)] int64.
+
+    Picks are ordered by score (descending), ties broken by the lowest entry index; slots beyond
+    the number of valid entries hold -1.  Queries are processed ``chunk_size`` at a time (default:
+    as many as fit a fixed budget) so memory stays O(chunk * N).
+    """
+    B, S = q.shape[:2]
+    N = k.shape[1]
+    out = torch.full((B, S, min(topk, N)), -1, dtype=torch.int64, device=q.device)
+    if N == 0 or S == 0:
+        return out
+    step = chunk_size or _chunk_rows(S, B * N * 4)
+    for s0 in range(0, S, step):
+        s1 = min(S, s0 + step)
+        scores = indexer_scores(q[:, s0:s1], w[:, s0:s1], k, q_pos[s0:s1], ratio)
+        out[:, s0:s1] = topk_from_keys(topk_keys(scores), topk)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 4.8 core attention with a sink, over an index list or a dense (window + compressed) set
+# --------------------------------------------------------------------------------------------
+
+def _softmax_with_sink(logits, sink):
+    """Softmax over the last dim of logits [B, s, H, K] plus a virtual zero-valued sink key."""
+    B, s, H, _ = logits.shape
+    sink_col = sink.float().view(1, 1, H, 1).expand(B, s, H, 1)
+    return torch.softmax(torch.cat([logits, sink_col], dim=-1), dim=-1)[..., :-1]
+
+
+def sparse_attention(q, kv, idx, sink, scale):
+    """Attention over gathered rows of a shared key/value table.  Returns [B, S, H, D], q.dtype.
+
+    q [B, S, H, D]; kv [B, N, D] (each row is both key and value, shared by all heads);
+    idx [B, S, K] int entry indices (-1 or out of range = skip); sink [H] fp32.
+    l_i = scale * q . kv[idx_i];  o = sum_i exp(l_i - M) kv[idx_i] / (sum_i exp(l_i - M) +
+    exp(sink_h - M)).  A query with no valid index gets o = 0.
+    """
+    B, S, H, D = q.shape
+    N, K = kv.shape[1], idx.shape[-1]
+    out = torch.zeros(B, S, H, D, dtype=torch.float32, device=q.device)
+    if N == 0 or K == 0 or S == 0:
+        return out.to(q.dtype)
+    kvf = kv.float()
+    step = _chunk_rows(S, B * K * (D + 2 * H))
+    for s0 in range(0, S, step):
+        s1 = min(S, s0 + step)
+        ids = idx[:, s0:s1].long()                                         # [B, s, K]
+        valid = (ids >= 0) & (ids < N)
+        rows = torch.gather(kvf, 1, ids.clamp(0, N - 1).reshape(B, -1, 1).expand(-1, -1, D))
+        rows = rows.view(B, s1 - s0, K, D)                                 # [B, s, K, D]
+        logits = torch.einsum("bshd,bskd->bshk", q[:, s0:s1].float(), rows) * scale
+        logits = logits.masked_fill(~valid[:, :, None, :], float("-inf"))
+        p = _softmax_with_sink(logits, sink)
+        out[:, s0:s1] = torch.einsum("bshk,bskd->bshd", p, rows)
+    return out.to(q.dtype)
+
+
+def sparse_attention_decode(q, kv, idx, sink, scale, *, num_splits=None):
+    """Decode-shaped sparse attention (small S, long K); same math as :func:`sparse_attention`.
+
+    ``num_splits`` only steers the Triton split-K variant and is ignored here.
+    """
+    return sparse_attention(q, kv, idx, sink, scale)
+
+
+def hca_attention(q, kv_win, win_pos, comp, q_pos, ratio, window, sink, scale, *,
+                  num_splits=None):
+    """Dense attention of an HCA layer: sliding window + every complete compressed entry.
+
+    q [B, S, H, D] at absolute positions q_pos [S]; kv_win [B, Nw, D] raw window entries at
+    positions win_pos [Nw] (any order, e.g. a ring buffer); comp [B, Nc, D] compressed entries.
+    A query at position p sees window entry t iff p - window < t <= p and compressed entry j iff
+    (j+1)*ratio <= p+1; one softmax over both plus the sink.  Returns [B, S, H, D], q.dtype.
+    ``num_splits`` only steers the Triton split-K variant and is ignored here.
+    """
+    B, S, H, D = q.shape
+    Nw, Nc = kv_win.shape[1], comp.shape[1]
+    wp = win_pos.to(q.device)
+    j = torch.arange(Nc, device=q.device)
+    out = torch.zeros(B, S, H, D, dtype=torch.float32, device=q.device)
+    if Nw + Nc == 0 or S == 0:
+        return out.to(q.dtype)
+    compf = comp.float()
+    step = _chunk_rows(S, B * H * (2 * window + Nc) * 2)
+    for s0 in range(0, S, step):
+        s1 = min(S, s0 + step)
+        p = q_pos[s0:s1].to(q.device)[:, None]                            # [s, 1]
+        vis_w = (wp[None, :] > p - window) & (wp[None, :] <= p)            # [s, Nw]
+        # only the window rows some query of the chunk can see (keeps prefill O(S * window))
+        rows = vis_w.any(0).nonzero().flatten()
+        keys = torch.cat([kv_win[:, rows].float(), compf], dim=1)         # [B, n_w + Nc, D]
+        vis = torch.cat([vis_w[:, rows], (j[None, :] + 1) * ratio <= p + 1], dim=1)
+        logits = torch.einsum("bshd,bnd->bshn", q[:, s0:s1].float(), keys) * scale
+        logits = logits.masked_fill(~vis[None, :, None, :], float("-inf"))
+        out[:, s0:s1] = torch.einsum("bshn,bnd->bshd", _softmax_with_sink(logits, sink), keys)
+    return out.to(q.dtype)
