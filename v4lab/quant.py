@@ -1,0 +1,396 @@
+"""FP8 / FP4 codecs of the DeepSeek-V4 checkpoints, and the QAT round trips the model uses.
+
+Formats (spec section 8.3):
+
+* **FP8 e4m3** (``torch.float8_e4m3fn``): 1 sign, 4 exponent (bias 7), 3 mantissa bits, no
+  infinities, largest finite value 448, ``0x7F``/``0xFF`` = NaN.  The non-expert linear layers
+  store ``weight`` [N, K] in e4m3 and ``scale`` [ceil(N/128), ceil(K/128)] in ue8m0, one scale
+  per 128 x 128 block:  ``W[n, k] = e4m3(weight[n, k]) * scale[n // 128, k // 128]``.
+* **ue8m0** (``torch.float8_e8m0fnu``): an unsigned 8-bit exponent, value ``2 ** (byte - 127)``,
+  byte ``0xFF`` = NaN.  Every scale in the checkpoints is a power of two.
+* **FP4 e2m1**: 1 sign, 2 exponent, 1 mantissa bit; codes 0..7 are
+  ``0, 0.5, 1, 1.5, 2, 3, 4, 6`` and codes 8..15 the same values negated.  The routed experts
+  store two codes per byte in an int8 tensor [N, K/2]: the **low nibble is element 2i, the high
+  nibble element 2i+1** along K, with one ue8m0 scale per 32 consecutive K ([N, K/32]).
+
+Scales are chosen as ``2 ** ceil(log2(amax / qmax))`` (qmax = 448 for e4m3, 6 for e2m1), so that
+the largest magnitude of a block lands in ``(qmax/2, qmax]`` and nothing overflows.
+
+The QAT helpers (:func:`fp8_roundtrip`, :func:`fp4_roundtrip`, :func:`hadamard`) simulate the
+precision the trained model sees on its KV entries and indexer queries/keys (spec 4.2, 4.4, 4.5).
+
+Scale tensors are returned as ``torch.float8_e8m0fnu`` where this torch build has it and as
+``torch.uint8`` bytes otherwise; every function here accepts either (and int8 views).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "E4M3_MAX",
+    "E2M1_MAX",
+    "E2M1_VALUES",
+    "FP8_DTYPE",
+    "E8M0_DTYPE",
+    "HAS_E8M0",
+    "ceil_log2",
+    "pow2_scale_exponent",
+    "fp8_e4m3_encode",
+    "fp8_e4m3_decode",
+    "ue8m0_decode",
+    "ue8m0_encode",
+    "ue8m0_from_exponent",
+    "ue8m0_bytes",
+    "dequant_fp8_block",
+    "quant_fp8_block",
+    "fp4_e2m1_decode",
+    "fp4_e2m1_encode",
+    "fp4_pack",
+    "fp4_unpack",
+    "dequant_fp4_experts",
+    "quant_fp4",
+    "fp8_roundtrip",
+    "fp4_roundtrip",
+    "hadamard",
+    "hadamard_matrix",
+]
+
+E4M3_MAX = 448.0
+"""Largest finite FP8 e4m3 value."""
+E2M1_MAX = 6.0
+"""Largest FP4 e2m1 value."""
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+"""e2m1 magnitudes of codes 0..7; codes 8..15 are the same magnitudes with the sign bit set."""
+
+FP8_DTYPE = torch.float8_e4m3fn
+HAS_E8M0 = hasattr(torch, "float8_e8m0fnu")
+E8M0_DTYPE = torch.float8_e8m0fnu if HAS_E8M0 else torch.uint8
+"""dtype of the scale tensors this module returns."""
+
+_E8M0_BIAS = 127
+_E8M0_NAN = 0xFF
+_EXP_MIN, _EXP_MAX = -127, 127          # the exponents ue8m0 can hold (bytes 0..254)
+
+# midpoints between consecutive e2m1 magnitudes; used for round-to-nearest
+_E2M1_MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
+def _bytes_view(t: torch.Tensor, what: str) -> torch.Tensor:
+    """The raw bytes of a one-byte-per-element tensor as uint8."""
+    if t.dtype == torch.uint8:
+        return t
+    if t.element_size() != 1:
+        raise TypeError(f"{what}: expected a 1-byte dtype (uint8, int8, float8), got {t.dtype}")
+    return t.view(torch.uint8)
+
+
+def _lut(device) -> torch.Tensor:
+    mags = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=device)
+    return torch.cat([mags, -mags])
+
+
+def ceil_log2(x: torch.Tensor) -> torch.Tensor:
+    """Exact ``ceil(log2(x))`` for positive finite ``x`` as an int32 tensor (via ``frexp``, so
+    exact powers of two are not pushed up by rounding)."""
+    mant, exp = torch.frexp(x)
+    # x = mant * 2**exp with mant in [0.5, 1); x is a power of two exactly when mant == 0.5
+    return torch.where(mant == 0.5, exp - 1, exp).to(torch.int32)
+
+
+def pow2_scale_exponent(amax: torch.Tensor, qmax: float, eps: float | None = None) -> torch.Tensor:
+    """Exponent e (int32) of the power-of-two scale ``2**e = 2**ceil(log2(amax / qmax))``.
+
+    ``eps`` floors ``amax`` first (the activation round trips use 1e-4).  Without ``eps``, an
+    all-zero block gets e = 0 (scale 1; any scale decodes zeros to zero).  The result is clamped
+    to the ue8m0 range [-127, 127].
+    """
+    a = amax if amax.dtype == torch.float64 else amax.float()
+    if eps is not None:
+        a = a.clamp_min(eps)
+    zero = a == 0
+    e = ceil_log2(torch.where(zero, torch.ones_like(a), a) / qmax)
+    e = torch.where(zero, torch.zeros_like(e), e)
+    return e.clamp(_EXP_MIN, _EXP_MAX)
+
+
+# ------------------------------------------------------------------------------------------------
+# e4m3 and ue8m0
+# ------------------------------------------------------------------------------------------------
+def fp8_e4m3_encode(x: torch.Tensor) -> torch.Tensor:
+    """Round ``x`` to FP8 e4m3 (round to nearest even), saturating at +-448 instead of NaN."""
+    xf = x if x.dtype == torch.float64 else x.float()
+    return xf.clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
+
+
+def fp8_e4m3_decode(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Values of e4m3 data given as ``float8_e4m3fn`` or as its raw bytes (uint8 / int8)."""
+    if x.dtype != FP8_DTYPE:
+        x = _bytes_view(x, "fp8_e4m3_decode").view(FP8_DTYPE)
+    return x.to(dtype)
+
+
+def ue8m0_bytes(scale: torch.Tensor) -> torch.Tensor:
+    """The bytes (uint8) of a ue8m0 scale tensor (``float8_e8m0fnu``, uint8 or int8)."""
+    return _bytes_view(scale, "ue8m0 scale")
+
+
+def ue8m0_decode(scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``2 ** (byte - 127)`` for every ue8m0 byte; raises ``ValueError`` on the NaN byte 0xFF."""
+    b = ue8m0_bytes(scale)
+    if bool((b == _E8M0_NAN).any()):
+        n = int((b == _E8M0_NAN).sum())
+        raise ValueError(f"ue8m0 scale holds {n} NaN byte(s) (0xFF): corrupt or uninitialised scales")
+    one = torch.ones(b.shape, dtype=torch.float32, device=b.device)
+    return torch.ldexp(one, b.to(torch.int32) - _E8M0_BIAS).to(dtype)
+
+
+def ue8m0_from_exponent(exponent: torch.Tensor) -> torch.Tensor:
+    """ue8m0 tensor (see :data:`E8M0_DTYPE`) holding ``2 ** exponent``; exponent in [-127, 127]."""
+    e = exponent.to(torch.int32)
+    if bool(((e < _EXP_MIN) | (e > _EXP_MAX)).any()):
+        raise ValueError(f"ue8m0 holds exponents {_EXP_MIN}..{_EXP_MAX} only, got {int(e.min())}..{int(e.max())}")
+    b = (e + _E8M0_BIAS).to(torch.uint8)
+    return b.view(E8M0_DTYPE) if HAS_E8M0 else b
+
+
+def ue8m0_encode(scale: torch.Tensor) -> torch.Tensor:
+    """ue8m0 tensor for scales that are exact powers of two (``ValueError`` otherwise)."""
+    s = scale.float()
+    if bool((~torch.isfinite(s) | (s <= 0)).any()):
+        raise ValueError("ue8m0_encode: scales must be positive and finite")
+    mant, exp = torch.frexp(s)
+    if bool((mant != 0.5).any()):
+        raise ValueError("ue8m0_encode: every scale must be a power of two (ue8m0 has no mantissa)")
+    return ue8m0_from_exponent(exp - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# FP8 128 x 128 block weights
+# ------------------------------------------------------------------------------------------------
+def _blocks(n: int, b: int) -> int:
+    return -(-n // b)
+
+
+def dequant_fp8_block(
+    weight_fp8: torch.Tensor,
+    scale_e8m0: torch.Tensor,
+    block: tuple[int, int] = (128, 128),
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Dequantise an FP8 e4m3 weight [N, K] with ue8m0 block scales [ceil(N/bn), ceil(K/bk)].
+
+    ``W[n, k] = e4m3(weight[n, k]) * 2 ** (scale_byte[n // bn, k // bk] - 127)``; exact in float32.
+    """
+    if weight_fp8.dim() != 2:
+        raise ValueError(f"dequant_fp8_block: weight must be 2-D [N, K], got shape {tuple(weight_fp8.shape)}")
+    bn, bk = block
+    n, k = weight_fp8.shape
+    want = (_blocks(n, bn), _blocks(k, bk))
+    if tuple(scale_e8m0.shape) != want:
+        raise ValueError(
+            f"dequant_fp8_block: weight {tuple(weight_fp8.shape)} with {bn}x{bk} blocks needs a scale of "
+            f"shape {want}, got {tuple(scale_e8m0.shape)}"
+        )
+    w = fp8_e4m3_decode(weight_fp8, torch.float32)
+    s = ue8m0_decode(scale_e8m0, torch.float32)
+    s = s.repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]
+    return (w * s).to(dtype)
+
+
+def quant_fp8_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise a 2-D weight to (e4m3 weight [N, K], ue8m0 scale [ceil(N/bn), ceil(K/bk)]).
+
+    Each block's scale is ``2 ** ceil(log2(amax / 448))`` (1 for an all-zero block); the block is
+    divided by it (exactly: a power of two) and rounded to nearest-even e4m3.
+    """
+    if w.dim() != 2:
+        raise ValueError(f"quant_fp8_block: weight must be 2-D [N, K], got shape {tuple(w.shape)}")
+    wf = w.float()
+    if not bool(torch.isfinite(wf).all()):
+        raise ValueError("quant_fp8_block: weight holds NaN or infinite values")
+    bn, bk = block
+    n, k = wf.shape
+    nb, kb = _blocks(n, bn), _blocks(k, bk)
+    padded = torch.zeros(nb * bn, kb * bk, dtype=torch.float32, device=wf.device)
+    padded[:n, :k] = wf
+    amax = padded.view(nb, bn, kb, bk).abs().amax(dim=(1, 3))              # [nb, kb]
+    e = pow2_scale_exponent(amax, E4M3_MAX)                                 # [nb, kb]
+    e_full = e.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+    q = fp8_e4m3_encode(torch.ldexp(wf, -e_full))
+    return q, ue8m0_from_exponent(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# FP4 e2m1
+# ------------------------------------------------------------------------------------------------
+def fp4_e2m1_decode(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Values of e2m1 codes 0..15 (any integer tensor)."""
+    c = codes.to(torch.long)
+    if bool(((c < 0) | (c > 15)).any()):
+        raise ValueError("fp4_e2m1_decode: codes must lie in 0..15")
+    return _lut(codes.device)[c].to(dtype)
+
+
+def fp4_e2m1_encode(x: torch.Tensor) -> torch.Tensor:
+    """e2m1 codes (uint8, 0..15) of the values nearest to ``x`` (saturating at +-6).
+
+    Ties go to the even code (mantissa bit 0), as IEEE round-to-nearest-even and hardware
+    conversions do; the values of the seven midpoints round as
+    0.25 -> 0, 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4.
+    Zero and values that round to zero get code 0 (never the negative zero 8).
+    """
+    xf = x if x.dtype == torch.float64 else x.float()
+    if bool(torch.isnan(xf).any()):
+        raise ValueError("fp4_e2m1_encode: input holds NaN")
+    a = xf.abs().clamp(max=E2M1_MAX)
+    mids = torch.tensor(_E2M1_MIDPOINTS, dtype=xf.dtype, device=x.device)
+    lower = torch.bucketize(a, mids, right=False)      # number of midpoints < a
+    upper = torch.bucketize(a, mids, right=True)       # number of midpoints <= a
+    code = torch.where((lower != upper) & (lower % 2 == 1), upper, lower)
+    neg = (xf < 0) & (code != 0)
+    return (code + 8 * neg.to(code.dtype)).to(torch.uint8)
+
+
+def fp4_pack(codes: torch.Tensor) -> torch.Tensor:
+    """Pack e2m1 codes [..., K] (K even) into int8 [..., K/2]: low nibble = element 2i,
+    high nibble = element 2i+1."""
+    if codes.shape[-1] % 2:
+        raise ValueError(f"fp4_pack: the last dim must be even, got {codes.shape[-1]}")
+    c = codes.to(torch.uint8)
+    lo, hi = c[..., 0::2], c[..., 1::2]
+    return (lo | (hi << 4)).view(torch.int8)
+
+
+def fp4_unpack(packed: torch.Tensor) -> torch.Tensor:
+    """e2m1 codes (uint8) [..., 2*K2] of packed bytes [..., K2] (int8, uint8 or
+    ``float4_e2m1fn_x2``); the low nibble comes first."""
+    b = _bytes_view(packed, "fp4_unpack")
+    lo, hi = b & 0x0F, b >> 4
+    return torch.stack([lo, hi], dim=-1).reshape(*b.shape[:-1], 2 * b.shape[-1])
+
+
+def dequant_fp4_experts(
+    packed_int8: torch.Tensor,
+    scale: torch.Tensor,
+    block: int = 32,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Dequantise packed FP4 expert weights [..., N, K/2] with ue8m0 scales [..., N, K/32] to
+    [..., N, K]: ``W[n, k] = e2m1(code[n, k]) * 2 ** (scale_byte[n, k // 32] - 127)``."""
+    k = 2 * packed_int8.shape[-1]
+    want = (*packed_int8.shape[:-1], _blocks(k, block))
+    if tuple(scale.shape) != want:
+        raise ValueError(
+            f"dequant_fp4_experts: packed weight {tuple(packed_int8.shape)} (K = {k}) needs a scale of "
+            f"shape {want} (one per {block} along K), got {tuple(scale.shape)}"
+        )
+    vals = _lut(packed_int8.device)[fp4_unpack(packed_int8).long()]
+    s = ue8m0_decode(scale, torch.float32).repeat_interleave(block, dim=-1)[..., :k]
+    return (vals * s).to(dtype)
+
+
+def quant_fp4(w: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise weights [..., N, K] (K a multiple of ``block``) to packed FP4
+    (int8 [..., N, K/2], ue8m0 scale [..., N, K/block]).
+
+    Scale per block: ``2 ** ceil(log2(amax / 6))`` (1 for an all-zero block); values are rounded
+    to the nearest e2m1 value with ties to even (see :func:`fp4_e2m1_encode`).
+    """
+    wf = w.float()
+    k = wf.shape[-1]
+    if k % block or block % 2:
+        raise ValueError(f"quant_fp4: the last dim ({k}) must be a multiple of the (even) block {block}")
+    if not bool(torch.isfinite(wf).all()):
+        raise ValueError("quant_fp4: weight holds NaN or infinite values")
+    g = wf.reshape(*wf.shape[:-1], k // block, block)
+    e = pow2_scale_exponent(g.abs().amax(dim=-1), E2M1_MAX)                 # [..., K/block]
+    codes = fp4_e2m1_encode(torch.ldexp(g, -e.unsqueeze(-1))).reshape(wf.shape)
+    return fp4_pack(codes), ue8m0_from_exponent(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# QAT round trips of activations / KV entries
+# ------------------------------------------------------------------------------------------------
+def _blockwise(x: torch.Tensor, block: int):
+    """float32 (float64 for float64 input) view [..., C/block, block] of x, zero-padded along
+    the last dim."""
+    c = x.shape[-1]
+    nb = _blocks(c, block)
+    xf = x if x.dtype == torch.float64 else x.float()
+    if nb * block != c:
+        xf = torch.nn.functional.pad(xf, (0, nb * block - c))
+    return xf.reshape(*x.shape[:-1], nb, block), c
+
+
+def _straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    # forward value q, gradient of the identity (only when a gradient is being recorded, so that
+    # inference results are exactly the rounded values)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x + (q - x).detach()
+    return q
+
+
+def fp8_roundtrip(x: torch.Tensor, block: int = 64, eps: float = 1e-4) -> torch.Tensor:
+    """Round ``x`` through FP8 e4m3 with one power-of-two scale per ``block`` channels of the last
+    dim: ``scale = 2 ** ceil(log2(max(amax, eps) / 448))``.  Returns ``x.dtype``; the gradient is
+    passed straight through.  (A last dim that is not a multiple of ``block`` gets a shorter last
+    block.)"""
+    g, c = _blockwise(x, block)
+    e = pow2_scale_exponent(g.abs().amax(dim=-1, keepdim=True), E4M3_MAX, eps=eps)
+    q = fp8_e4m3_encode(torch.ldexp(g, -e)).to(g.dtype)
+    q = torch.ldexp(q, e).reshape(*x.shape[:-1], -1)[..., :c]
+    q = torch.where(torch.isnan(x), x.to(q.dtype), q).to(x.dtype)
+    return _straight_through(x, q)
+
+
+def fp4_roundtrip(x: torch.Tensor, block: int = 32, eps: float = 1e-4) -> torch.Tensor:
+    """Round ``x`` through FP4 e2m1 (the real grid, ties to even) with one ue8m0 scale per
+    ``block`` channels of the last dim: ``scale = 2 ** ceil(log2(max(amax, eps) / 6))``.
+    Returns ``x.dtype``; the gradient is passed straight through; NaN stays NaN."""
+    g, c = _blockwise(x, block)
+    nan = torch.isnan(g)
+    g = torch.where(nan, torch.zeros_like(g), g)
+    e = pow2_scale_exponent(g.abs().amax(dim=-1, keepdim=True), E2M1_MAX, eps=eps)
+    codes = fp4_e2m1_encode(torch.ldexp(g, -e))
+    q = torch.ldexp(_lut(x.device).to(g.dtype)[codes.long()], e)
+    q = torch.where(nan, torch.full_like(q, float("nan")), q)
+    q = q.reshape(*x.shape[:-1], -1)[..., :c].to(x.dtype)
+    return _straight_through(x, q)
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    """Normalised Walsh-Hadamard transform over the last dim (size n, a power of two):
+    ``x @ H_n / sqrt(n)`` with the Sylvester matrix ``H_2n = [[H_n, H_n], [H_n, -H_n]]``.
+
+    O(n log n) butterfly; orthogonal and its own inverse.  bf16/fp16 inputs are transformed in
+    float32 and cast back; the result has ``x.dtype`` and is differentiable."""
+    n = x.shape[-1]
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"hadamard: the last dim must be a power of two, got {n}")
+    compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    y = x.to(compute)
+    lead = y.shape[:-1]
+    h = 1
+    while h < n:
+        y = y.reshape(*lead, n // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = torch.stack([a + b, a - b], dim=-2)
+        h *= 2
+    return (y.reshape(*lead, n) * (1.0 / math.sqrt(n))).to(x.dtype)
+
+
+def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, normalized: bool = True) -> torch.Tensor:
+    """The n x n Sylvester Hadamard matrix (scaled by n^-1/2 when ``normalized``)."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"hadamard_matrix: n must be a power of two, got {n}")
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    if normalized:
+        h = h / math.sqrt(n)
+    return h.to(dtype)
