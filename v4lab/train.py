@@ -1,0 +1,256 @@
+"""Train flash-mini on a CPU: ``python -m v4lab.train --out runs/mini --minutes 50``.
+
+The recipe (README "Training flash-mini" has the exact command of the shipped model):
+
+* data: ``v4lab.data.TrainingMix``: windows of Shakespeare / KJV text mixed with needle,
+  multi-needle and multi-round-recall tasks at the training length; answer tokens weighted up;
+* loss: next-token cross-entropy + ``mtp_weight`` x the MTP block's next-next-token loss +
+  ``indexer_weight`` x the Lightning Indexer's KL loss;
+* the indexer has no gradient through top-k, so it gets its own signal, as DeepSeek did for DSA:
+  KL(main attention's distribution over compressed entries || softmax of the indexer scores),
+  with the indexer's inputs detached so that this loss trains only the indexer.  During a dense
+  warm-up (``--dense-warmup`` steps) CSA attends to every complete entry and the indexer learns
+  to imitate that; afterwards CSA attends to the indexer's top-k and the KL runs over the picks;
+* MoE load balance: the auxiliary-loss-free bias update of V3/V4 (bias += u * sign(mean - load));
+* optimiser: Muon (Newton-Schulz orthogonalised momentum) for the hidden weight matrices and
+  AdamW for embeddings, head, norms, mHC, sinks and biases; or AdamW for everything;
+* bf16 autocast on CPU, a progress bar, a JSONL log, resumable checkpoints every few minutes;
+  Ctrl-C saves a checkpoint before leaving.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .attention import ForwardContext
+from .config import V4Config
+from .model import V4Model
+from .moe import MoE
+
+
+# ----------------------------------------------------------------------------------------------
+# Muon
+# ----------------------------------------------------------------------------------------------
+def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately orthogonalise G (the polar factor U V^T) with a quintic Newton-Schulz
+    iteration, coefficients (3.4445, -4.7750, 2.0315)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.float()
+    transposed = X.shape[0] > X.shape[1]
+    if transposed:
+        X = X.T
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if transposed else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum SGD whose update is orthogonalised: W -= lr * scale * NS(momentum)."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state.setdefault(p, {})
+                buf = st.setdefault("momentum", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                g = p.grad.add(buf, alpha=group["momentum"])  # Nesterov
+                u = newton_schulz(g)
+                scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(u.to(p.dtype), alpha=-group["lr"] * scale)
+
+
+def make_optimizers(model: V4Model, kind: str, lr: float, muon_lr: float, weight_decay: float = 0.0):
+    matrices, others = [], []
+    for name, p in model.named_parameters():
+        is_hidden_matrix = p.dim() == 2 and not name.startswith(("embed", "head")) and not name.endswith("_fn")
+        (matrices if is_hidden_matrix and kind == "muon" else others).append(p)
+    opts = [torch.optim.AdamW(others, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)]
+    if matrices:
+        opts.append(Muon(matrices, lr=muon_lr))
+    return opts
+
+
+# ----------------------------------------------------------------------------------------------
+# One training step
+# ----------------------------------------------------------------------------------------------
+def weighted_ce(logits, targets, weights):
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(weights)
+    return (ce * weights).sum() / weights.sum().clamp(min=1e-6)
+
+
+def losses(model: V4Model, tokens: torch.Tensor, mask: torch.Tensor, dense_csa: bool, mtp_weight: float,
+           indexer_weight: float, autocast: bool = True) -> dict:
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    ctx = ForwardContext(dense_csa=dense_csa, indexer_loss=indexer_weight > 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits, H = model(x, ctx=ctx, return_hidden=True)
+        out = {"lm": weighted_ce(logits, y, mask)}
+        if mtp_weight > 0 and len(model.mtp):
+            mlog = model.mtp_logits(H[:, :-1], y[:, :-1])
+            out["mtp"] = weighted_ce(mlog, y[:, 1:], mask[:, 1:])
+    if ctx.losses:
+        out["indexer_kl"] = torch.stack(ctx.losses).mean()
+    out["total"] = out["lm"] + mtp_weight * out.get("mtp", 0.0) + indexer_weight * out.get("indexer_kl", 0.0)
+    return out
+
+
+@torch.no_grad()
+def update_router_bias(model: V4Model, speed: float) -> None:
+    """Auxiliary-loss-free load balancing: raise the bias of under-loaded experts."""
+    for mod in model.modules():
+        if isinstance(mod, MoE) and mod.gate.bias is not None and mod.last_load is not None:
+            load = mod.last_load.float()
+            mod.gate.bias.add_(speed * torch.sign(load.mean() - load))
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def train(args) -> dict:
+    from tqdm.auto import tqdm
+
+    from .data import TrainingMix, load_documents
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = V4Config.preset(args.preset, max_position_embeddings=V4Config.preset(args.preset).max_position_embeddings)
+    model = V4Model(cfg, numerics=args.numerics, seed=args.seed)
+    opts = make_optimizers(model, args.optimizer, args.lr, args.muon_lr)
+    mix = TrainingMix(load_documents("train"), args.seq_len, task_fraction=args.task_fraction, seed=args.seed,
+                      batch_size=args.batch, answer_weight=args.answer_weight)
+    step, elapsed_before = 0, 0.0
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        for o, s in zip(opts, ck["optim"]):
+            o.load_state_dict(s)
+        step, elapsed_before = ck["step"], ck["elapsed"]
+        print(f"resumed from {ckpt_path} at step {step}")
+    (out / "config.json").write_text(json.dumps(cfg.to_official(), indent=1))
+    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    log = open(out / "log.jsonl", "a")
+
+    def save(final=False):
+        torch.save({"model": model.state_dict(), "optim": [o.state_dict() for o in opts], "step": step,
+                    "elapsed": elapsed_before + time.perf_counter() - t0, "args": vars(args)}, ckpt_path.with_suffix(".tmp"))
+        os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+
+    stop = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+    t0 = time.perf_counter()
+    last_save = t0
+    budget = args.minutes * 60 if args.minutes else float("inf")
+    total = args.steps
+    bar = tqdm(total=total, initial=step, desc="train", unit="step")
+    history = []
+    model.train()
+    while step < total and not stop["flag"]:
+        if elapsed_before + time.perf_counter() - t0 > budget:
+            print("time budget reached")
+            break
+        batch = mix.batch(step)
+        f = lr_factor(step, total, args.warmup)
+        for o in opts:
+            for g in o.param_groups:
+                g.setdefault("base_lr", g["lr"])
+                g["lr"] = g["base_lr"] * f
+        dense = step < args.dense_warmup
+        ls = losses(model, batch.tokens, batch.loss_mask, dense, args.mtp_weight, args.indexer_weight, not args.no_autocast)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        ls["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for o in opts:
+            o.step()
+        update_router_bias(model, args.bias_speed)
+        step += 1
+        rec = {"step": step, "elapsed": round(elapsed_before + time.perf_counter() - t0, 1), "dense_csa": dense,
+               **{k: round(float(v), 4) for k, v in ls.items()}}
+        history.append(rec)
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        bar.update(1)
+        bar.set_postfix(lm=f"{rec['lm']:.3f}", kl=f"{rec.get('indexer_kl', 0):.3f}")
+        if time.perf_counter() - last_save > args.save_every_min * 60:
+            save()
+            last_save = time.perf_counter()
+    bar.close()
+    save(final=True)
+    log.close()
+    model.eval()
+    if args.export:
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(model, args.export)
+        print(f"weights written to {args.export}")
+    return {"steps": step, "history": history, "model": model}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m v4lab.train", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="flash-mini")
+    p.add_argument("--out", default="runs/flash-mini")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--minutes", type=float, default=0, help="stop after this much training time (0: no limit)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--task-fraction", type=float, default=0.5)
+    p.add_argument("--answer-weight", type=float, default=4.0)
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--muon-lr", type=float, default=0.02)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--dense-warmup", type=int, default=300, help="steps of dense CSA before top-k")
+    p.add_argument("--mtp-weight", type=float, default=0.3)
+    p.add_argument("--indexer-weight", type=float, default=1.0)
+    p.add_argument("--bias-speed", type=float, default=1e-3)
+    p.add_argument("--numerics", choices=["reference", "hf"], default="reference")
+    p.add_argument("--no-autocast", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every-min", type=float, default=5.0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", default="", help="write the final weights as a checkpoint folder")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    res = train(args)
+    h = res["history"]
+    if h:
+        first, last = h[0], h[-1]
+        print(f"steps {res['steps']}: lm loss {first['lm']:.3f} -> {last['lm']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
