@@ -120,8 +120,13 @@ class Attention(nn.Module):
             lc.idx_pool.append(knew)
             qI, wI = self.indexer.queries(xi, cqi, pos, self.rope)
 
-        # --- core attention, one block of queries at a time --------------------------------------
         scale = D**-0.5
+        if self.backend == "triton" and not (ctx.dense_csa or ctx.indexer_loss or ctx.record):
+            o = self._core_triton(q, pos, win_kv, win_start, comp, qI if m == 4 else None,
+                                  wI if m == 4 else None, keys, scale)
+            return self._output(o, pos, x)
+
+        # --- core attention, one block of queries at a time --------------------------------------
         outs = []
         for b0 in range(0, S, ctx.query_block):
             b1 = min(S, b0 + ctx.query_block)
@@ -170,8 +175,11 @@ class Attention(nn.Module):
                 self._record(ctx, layer_id, probs, s_win.shape[-1], sel, pb)
             outs.append(o)
         o = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # [B, S, H, D]
+        return self._output(o, pos, x)
 
-        # --- inverse RoPE and grouped output projection --------------------------------------------
+    def _output(self, o, pos, x):
+        """Inverse RoPE and the grouped output projection."""
+        B, S, H, D = o.shape
         o = self.rope.rotate(o.to(x.dtype), pos, inverse=True)
         g = self.groups
         o = o.reshape(B, S, g, H * D // g)
@@ -180,6 +188,29 @@ class Attention(nn.Module):
         return self.wo_b(u)
 
     # ------------------------------------------------------------------------------------------
+    def _core_triton(self, q, pos, win_kv, win_start, comp, qI, wI, keys, scale):
+        """The same attention through the Triton kernels of ``v4lab.kernels`` (index-based)."""
+        from . import kernels as K
+
+        B, S = q.shape[:2]
+        w, m = self.window, self.ratio
+        sink = self.attn_sink.float()
+        if m and m != 4:  # HCA: dense over the compressed entries, no gather
+            win_pos = torch.arange(win_start, win_start + win_kv.shape[1], device=q.device)
+            return K.hca_attention(q, win_kv, win_pos, comp, pos, m, w, sink, scale)
+        # window entries as indices into win_kv: positions t-w+1 .. t
+        offs = torch.arange(-w + 1, 1, device=q.device)
+        widx = pos[:, None] + offs[None, :] - win_start  # [S, w]
+        widx = torch.where(pos[:, None] + offs[None, :] >= 0, widx, torch.full_like(widx, -1))
+        idx = widx[None].expand(B, S, w)
+        pool = win_kv
+        if m == 4:
+            sel = K.indexer_topk(qI, wI, keys, pos, 4, self.indexer.topk)  # [B, S, k], -1 invalid
+            sel = torch.where(sel >= 0, sel + win_kv.shape[1], sel)
+            idx = torch.cat([idx, sel], dim=-1)
+            pool = torch.cat([win_kv, comp.to(win_kv.dtype)], dim=1)
+        return K.sparse_attention(q, pool.contiguous(), idx.contiguous(), sink, scale)
+
     @staticmethod
     def _indexer_kl(p_c, iscore, sel):
         """KL(main attention over compressed entries || indexer distribution) for one query block.

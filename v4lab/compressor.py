@@ -63,6 +63,7 @@ class Compressor(nn.Module):
         self.wgate = nn.Linear(d, coff * c, bias=False, dtype=dtype)
         self.ape = nn.Parameter(torch.zeros(ratio, coff * c, dtype=torch.float32))
         self.norm = RMSNorm(c, eps, dtype=dtype)
+        self.backend = "torch"
 
     def state_shape(self, batch: int):
         m, coff = self.ratio, (2 if self.overlap else 1)
@@ -88,7 +89,12 @@ class Compressor(nn.Module):
         if self.overlap and first > 0:
             c = self.c
             prev_kv, prev_z = state.kv_state[:, :m, :c], state.score_state[:, :m, :c]
-        out = pool_blocks(rows_kv, rows_z, m, self.overlap, prev_kv, prev_z)  # [B, nb, c]
+        if self.backend == "triton" and not torch.is_grad_enabled():
+            from . import kernels as K  # the Triton kernel (ape is already in rows_z)
+
+            out = K.compress_pool(rows_kv, rows_z, torch.zeros_like(self.ape), m, self.overlap, prev_kv, prev_z)
+        else:
+            out = pool_blocks(rows_kv, rows_z, m, self.overlap, prev_kv, prev_z)  # [B, nb, c]
 
         # --- new state: the previous complete block (CSA) and the rows of the new partial block
         rest = rows_kv.shape[1] - nb * m

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .attention import Attention, ForwardContext
 from .cache import CacheError, V4Cache
+from .compressor import Compressor
 from .config import V4Config
 from .mhc import hc_collapse, hc_expand, hc_head, hc_params, hc_weights
 from .moe import MoE
@@ -77,7 +78,7 @@ class MTPBlock(Block):
 
 
 class V4Model(nn.Module):
-    def __init__(self, config: V4Config, backend: str = "torch", numerics: str = "reference",
+    def __init__(self, config: V4Config, backend: str = "auto", numerics: str = "reference",
                  dtype: torch.dtype | str | None = torch.float32, device=None, init: bool = True, seed: int = 0):
         super().__init__()
         if not isinstance(config, V4Config):
@@ -122,8 +123,12 @@ class V4Model(nn.Module):
         return self
 
     def set_backend(self, backend: str) -> "V4Model":
+        """'torch' (readable PyTorch), 'triton' (the kernels of v4lab.kernels), or 'auto':
+        Triton on a CUDA device, PyTorch elsewhere."""
+        if backend == "auto":
+            backend = "triton" if self.device.type == "cuda" else "torch"
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
         if backend == "triton":
             from .kernels import triton_available
 
@@ -131,7 +136,7 @@ class V4Model(nn.Module):
                 raise RuntimeError("backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for CPU testing)")
         self.backend = backend
         for mod in self.modules():
-            if isinstance(mod, Attention):
+            if isinstance(mod, (Attention, Compressor)):
                 mod.backend = backend
         return self
 
