@@ -13,8 +13,16 @@ Two layouts exist (spec section 8):
 
 :func:`expected_tensors` lists every tensor a :class:`~v4lab.config.V4Config` implies in either
 layout; :func:`inspect_checkpoint` reads only ``config.json``, the index and the safetensors
-headers and compares.  The model's ``state_dict()`` uses the official names without the
-``.scale`` tensors (weights dequantised), see :func:`model_tensor_names`.
+headers and compares, and :func:`verify_checkpoint` turns what it finds into one
+:class:`CheckpointError` naming files and tensors.  The model's ``state_dict()`` uses the
+official names without the ``.scale`` tensors (weights dequantised), see
+:func:`model_tensor_names`.
+
+Loading and saving whole models: :func:`load_checkpoint` (either layout, FP8/FP4 dequantised on
+the way, or routed experts kept packed in :class:`PackedFP4Linear`), :func:`save_checkpoint`
+(official FP8/FP4 or ``transformers`` layout).  :class:`CheckpointReader` reads single tensors by
+model name from memory-mapped shards; ``v4lab.streaming`` builds on it to run models larger than
+memory one layer at a time, or to place them with ``accelerate``.
 """
 from __future__ import annotations
 
@@ -23,13 +31,16 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import CSA_RATIO, V4Config
-from .quant import dequant_fp4_experts, dequant_fp8_block, quant_fp4, quant_fp8_block
+from .quant import E8M0_DTYPE, dequant_fp4_experts, dequant_fp8_block, quant_fp4, quant_fp8_block, ue8m0_bytes
 from .safetensors_io import (
+    INDEX_NAME,
     SafetensorsError,
     ShardedCheckpoint,
     dtype_to_torch,
@@ -51,8 +62,17 @@ __all__ = [
     "TensorMismatch",
     "CheckpointReport",
     "inspect_checkpoint",
+    "CheckpointError",
+    "checkpoint_config",
+    "verify_checkpoint",
+    "CheckpointReader",
     "iter_model_tensors",
     "iter_checkpoint_tensors",
+    "model_state_items",
+    "PackedFP4",
+    "PackedFP4Linear",
+    "pack_experts",
+    "model_skeleton",
     "write_checkpoint",
     "write_synthetic_checkpoint",
     "load_checkpoint",
@@ -790,6 +810,103 @@ def _inspect(path, config, layout) -> CheckpointReport:
 
 
 # ------------------------------------------------------------------------------------------------
+# checking a checkpoint before reading a payload
+# ------------------------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is.  The message lists the problems; each names
+    the file (a shard, the index or ``config.json``) and the tensor at fault."""
+
+
+_FLOATS = {"BF16", "F16", "F32", "F64"}
+EXPERT_MODES = ("dequantize", "packed")
+
+
+def checkpoint_config(source: str | os.PathLike | ShardedCheckpoint) -> V4Config:
+    """The :class:`V4Config` of ``config.json`` next to the weights (either form: official keys or
+    the ``transformers`` ones); :class:`CheckpointError` when it is absent or unreadable."""
+    ck = source if isinstance(source, ShardedCheckpoint) else ShardedCheckpoint(source)
+    cpath = os.path.join(ck.folder or ".", "config.json")
+    if not os.path.exists(cpath):
+        raise CheckpointError(f"{ck.folder or '.'}: no config.json next to the weights; pass cfg= explicitly")
+    try:
+        return V4Config.from_hf(cpath)
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"config.json: cannot be read as a DeepSeek-V4 config: {e}") from e
+
+
+def _layout_hints(report: CheckpointReport, cfg: V4Config, source: str) -> list[str]:
+    hints = []
+    fp4_as_other = [m for m in report.wrong_dtype if m.found[0] == "I8" and ".experts." in m.name]
+    other_as_fp4 = [m for m in report.wrong_dtype if m.expected[0] == "I8" and ".experts." in m.name]
+    if fp4_as_other:
+        hints.append(f"the routed experts are stored as packed FP4 (I8 + one ue8m0 scale per 32), but {source} "
+                     f"says expert_dtype={cfg.expert_dtype!r}: set expert_dtype to 'fp4'")
+    if other_as_fp4:
+        hints.append(f"{source} says expert_dtype='fp4' but the routed experts are stored as "
+                     f"{other_as_fp4[0].found[0]}: the config does not describe these files")
+    if report.misshapen and not (fp4_as_other or other_as_fp4):
+        c = cfg
+        hints.append(
+            f"{len(report.misshapen)} tensor(s) have other shapes than {source} implies (hidden_size={c.hidden_size}, "
+            f"{c.num_hidden_layers} layers, {c.num_attention_heads} heads x {c.head_dim}, q_lora_rank={c.q_lora_rank}, "
+            f"{c.n_routed_experts} experts of width {c.moe_intermediate_size}, vocab {c.vocab_size}): "
+            "does the config belong to these weights?")
+    return hints
+
+
+def verify_checkpoint(
+    path: str | os.PathLike,
+    cfg: V4Config | None = None,
+    strict: bool = True,
+) -> CheckpointReport:
+    """Check a checkpoint against its config from ``config.json``, the index and the safetensors
+    headers only, and raise :class:`CheckpointError` on anything that would make loading crash or
+    give a silently wrong model: unreadable or truncated shards, headers whose offsets lie
+    (outside the file, overlapping, sizes that do not match dtype x shape), tensors the index
+    places in files that lack them, tensors of the wrong shape (a ``config.json`` that does not
+    match the weights, a ``.scale`` of the wrong shape) or of the wrong dtype (FP4 experts where
+    the config says FP8, and vice versa), and -- with ``strict`` -- missing and unexpected
+    tensors.  Without ``strict``, missing/unexpected tensors and float tensors stored in another
+    float dtype are let through.  Returns the :class:`CheckpointReport`."""
+    path = os.fspath(path)
+    ck = ShardedCheckpoint(path)
+    source = "config.json"
+    if cfg is None:
+        cfg = checkpoint_config(ck)
+    elif not os.path.exists(os.path.join(ck.folder or ".", "config.json")):
+        source = "the config"
+    report = inspect_checkpoint(path, cfg)
+    lines = list(report.errors)
+    if report.layout not in ("official", "hf"):
+        lines.append(f"{path}: no tensors found")
+    where = INDEX_NAME if ck.index is not None else os.path.basename(os.path.normpath(ck.folder or path))
+    for n in report.unreadable:
+        lines.append(f"{report.file_of.get(n, '?')}: tensor {n!r} is in a file that cannot be read")
+    lines += [str(m) for m in report.misshapen]
+    for m in report.wrong_dtype:
+        if not strict and m.found[0] in _FLOATS and m.expected[0] in _FLOATS:
+            continue
+        lines.append(str(m))
+    if strict:
+        exp = expected_tensors(cfg, report.layout) if report.layout in ("official", "hf") else {}
+        for n in report.missing:
+            dt, sh = exp[n]
+            lines.append(f"{where}: tensor {n!r} is missing (the config implies {dt} {list(sh)})")
+        for n in report.unexpected:
+            lines.append(f"{report.file_of.get(n, '?')}: unexpected tensor {n!r} (not part of the {report.layout} "
+                         f"layout of this config)")
+    if lines:
+        hints = _layout_hints(report, cfg, source)
+        shown = lines[:20]
+        more = [f"... and {len(lines) - 20} more"] if len(lines) > 20 else []
+        raise CheckpointError(
+            f"{path}: cannot load this checkpoint ({len(lines)} problem(s)):\n  - "
+            + "\n  - ".join(hints + shown + more)
+        )
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
 # streaming conversion: checkpoint files <-> model tensors (official names, dequantised)
 # ------------------------------------------------------------------------------------------------
 def _block_of(cfg: V4Config | None) -> tuple[int, int]:
@@ -814,17 +931,48 @@ def _ordered_names(ck: ShardedCheckpoint) -> list[str]:
     return out
 
 
+def _file(ck: ShardedCheckpoint, name: str) -> str:
+    try:
+        return ck.file_of(name)
+    except KeyError:
+        return "?"
+
+
+def _dequantised(ck: ShardedCheckpoint, name: str, scale_name: str, block, dtype) -> torch.Tensor:
+    """Read ``name`` and its ``.scale`` and dequantise (packed FP4 for int8 weights, FP8 blocks
+    otherwise); any problem becomes a :class:`CheckpointError` naming the file and the tensors."""
+    w, s = ck.read(name), ck.read(scale_name)
+    try:
+        if w.dtype == torch.int8:
+            return dequant_fp4_experts(w, s, _FP4_BLOCK, dtype)
+        return dequant_fp8_block(w, s, block, dtype)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{_file(ck, name)}: tensor {name!r} with {scale_name!r} ({_file(ck, scale_name)}): {e}") from e
+
+
+def _checked_scale(ck: ShardedCheckpoint, name: str) -> torch.Tensor:
+    """A ue8m0 ``.scale`` read as stored (for packed experts), refusing the NaN byte 0xFF."""
+    s = ck.read(name)
+    if s.element_size() == 1 and bool((s.view(torch.uint8) == 0xFF).any()):
+        n = int((s.view(torch.uint8) == 0xFF).sum())
+        raise CheckpointError(f"{_file(ck, name)}: tensor {name!r} holds {n} NaN byte(s) (0xFF): corrupt scales")
+    return s
+
+
 def iter_model_tensors(
     source: str | os.PathLike | ShardedCheckpoint,
     cfg: V4Config | None = None,
     dtype: torch.dtype = torch.float32,
     names: Iterable[str] | None = None,
     strict: bool = True,
+    packed_experts: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream a checkpoint (either layout) as model tensors: ``(official name, tensor)``.
 
     FP8 weights (+ ``.scale``) and packed FP4 experts (+ ``.scale``) are dequantised to ``dtype``;
     the other tensors come in their stored dtype (``copy_`` into a parameter converts them).
+    With ``packed_experts``, packed FP4 experts are not dequantised: their int8 ``weight`` and
+    ue8m0 ``scale`` come as stored (for :class:`PackedFP4Linear`).
     ``transformers`` names are mapped back to the official ones and the fused experts split into
     ``ffn.experts.E.{w1,w3,w2}.weight``.  ``names`` restricts the output to those official names
     (for example one layer).  With ``strict``, names that belong to neither layout raise.
@@ -850,11 +998,11 @@ def iter_model_tensors(
                 continue
             scale_name = name[:-7] + ".scale" if name.endswith(".weight") else None
             if scale_name is not None and scale_name in present:
-                w, s = ck.read(name), ck.read(scale_name)
-                if w.dtype == torch.int8:
-                    yield name, dequant_fp4_experts(w, s, _FP4_BLOCK, dtype)
+                if packed_experts and ck.header_of(name).tensors[name].dtype == "I8":
+                    yield name, ck.read(name)
+                    yield scale_name, _checked_scale(ck, scale_name)
                 else:
-                    yield name, dequant_fp8_block(w, s, block, dtype)
+                    yield name, _dequantised(ck, name, scale_name, block, dtype)
             else:
                 yield name, ck.read(name)
             continue
@@ -885,17 +1033,186 @@ def iter_model_tensors(
             yield off, ck.read(name)
 
 
+_MODEL_EXPERT_RE = re.compile(r"^layers\.(\d+)\.ffn\.experts\.(\d+)\.(w[123])\.(weight|scale)$")
+
+
+class CheckpointReader:
+    """Random access to a checkpoint's tensors under the model's names (the official names), in
+    either layout, from memory maps of the shards: only the bytes of the tensors asked for are
+    read.  The checkpoint is checked first (:func:`verify_checkpoint`, header only).
+
+    ``read(name)`` dequantises FP8 weights and packed FP4 experts to ``dtype``;
+    ``read(name, raw=True)`` gives the stored tensor (an int8 packed expert, its ue8m0 ``.scale``,
+    a BF16 embedding ...).  In the ``transformers`` layout one routed expert is a slice of the
+    layer's fused tensor."""
+
+    def __init__(self, path: str | os.PathLike, cfg: V4Config | None = None, *, verify: bool = True,
+                 strict: bool = True):
+        self.path = os.fspath(path)
+        self.ck = ShardedCheckpoint(self.path)
+        self.cfg = cfg if cfg is not None else checkpoint_config(self.ck)
+        self.report = verify_checkpoint(self.path, self.cfg, strict) if verify else None
+        names = self.ck.names()
+        self.layout = self.report.layout if self.report is not None else detect_layout(names)
+        self._present = set(names)
+        self.block = _block_of(self.cfg)
+
+    def _stored(self, name: str) -> str:
+        """The checkpoint name that holds model tensor ``name`` (the fused tensor for an expert in
+        the transformers layout)."""
+        if self.layout == "official":
+            return name
+        m = _MODEL_EXPERT_RE.match(name)
+        if m is not None:
+            fused = "gate_up_proj" if m.group(3) in ("w1", "w3") else "down_proj"
+            return f"model.layers.{m.group(1)}.mlp.experts.{fused}"
+        hf = official_to_hf_name(name)
+        return hf if hf is not None else name
+
+    def __contains__(self, name: str) -> bool:
+        if self.layout == "hf" and name.endswith(".scale"):
+            return False
+        return self._stored(name) in self._present
+
+    def file_of(self, name: str) -> str:
+        """The file that holds model tensor ``name``."""
+        return _file(self.ck, self._stored(name))
+
+    def is_packed_fp4(self, name: str) -> bool:
+        """Whether ``name`` (a ``...weight``) is stored as packed FP4 with a ``.scale``."""
+        if self.layout != "official" or not name.endswith(".weight"):
+            return False
+        scale = name[:-7] + ".scale"
+        return scale in self._present and self.ck.header_of(name).tensors[name].dtype == "I8"
+
+    def read(self, name: str, dtype: torch.dtype = torch.float32, raw: bool = False) -> torch.Tensor:
+        """Model tensor ``name`` (official name): dequantised to ``dtype`` when stored quantised
+        (unless ``raw``), else as stored (a zero-copy view of the memory map)."""
+        stored = self._stored(name)
+        if stored not in self._present:
+            raise KeyError(f"{self.path}: the checkpoint has no tensor {stored!r} (model tensor {name!r})")
+        if self.layout == "official":
+            scale = name[:-7] + ".scale" if name.endswith(".weight") else None
+            if not raw and scale is not None and scale in self._present:
+                return _dequantised(self.ck, name, scale, self.block, dtype)
+            if name.endswith(".scale"):
+                return _checked_scale(self.ck, name)
+            return self.ck.read(name)
+        t = self.ck.read(stored)
+        m = _MODEL_EXPERT_RE.match(name)
+        if m is not None:
+            e, w = int(m.group(2)), m.group(3)
+            half = t.shape[1] // 2
+            return t[e, :half] if w == "w1" else (t[e, half:] if w == "w3" else t[e])
+        return t
+
+
+# ------------------------------------------------------------------------------------------------
+# routed experts kept in packed FP4
+# ------------------------------------------------------------------------------------------------
+class PackedFP4(NamedTuple):
+    """A packed FP4 weight as stored: int8 codes [..., N, K/2] (low nibble first) and ue8m0
+    scales [..., N, K/32]."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequant_fp4_experts(self.weight, self.scale, _FP4_BLOCK, dtype)
+
+
+class PackedFP4Linear(nn.Module):
+    """A bias-free ``nn.Linear(in_features, out_features)`` whose weight stays in the packed FP4
+    form of the official checkpoint: buffer ``weight`` int8 [out, in/2] (two e2m1 codes per
+    byte, low nibble first) and buffer ``scale`` [out, in/32] (ue8m0 bytes, stored as uint8 so
+    that ``Module.to(dtype)`` leaves it alone).  Each call dequantises the weight to
+    ``compute_dtype`` (exactly the values a dequantised model holds) and applies it, so a routed
+    expert takes about a quarter of its bf16 bytes (0.53 bytes per parameter) between calls.
+
+    ``state_dict()`` names are the checkpoint's: ``...w1.weight`` (int8) and ``...w1.scale``."""
+
+    def __init__(self, in_features: int, out_features: int, compute_dtype: torch.dtype = torch.float32,
+                 device=None, block: int = _FP4_BLOCK):
+        super().__init__()
+        if in_features % block or block % 2:
+            raise ValueError(f"PackedFP4Linear: in_features ({in_features}) must be a multiple of the block ({block})")
+        self.in_features, self.out_features, self.block = in_features, out_features, block
+        self.compute_dtype = compute_dtype
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.full((out_features, in_features // block), 127, dtype=torch.uint8,
+                                                 device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, block: int = _FP4_BLOCK) -> "PackedFP4Linear":
+        """A packed copy of ``linear``: its weight is quantised to FP4 (lossy) unless it lives on
+        the meta device (a skeleton), in which case the buffers stay on meta too."""
+        w = linear.weight
+        m = cls(linear.in_features, linear.out_features, w.dtype, device=w.device, block=block)
+        if w.device.type != "meta":
+            q, s = quant_fp4(w.detach(), block)
+            m.weight.copy_(q)
+            m.scale.copy_(ue8m0_bytes(s))
+        return m
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight [out, in] in ``compute_dtype``."""
+        return dequant_fp4_experts(self.weight, self.scale, self.block, torch.float32).to(self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized())
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp4 blocks of {self.block}, "
+                f"compute_dtype={self.compute_dtype}")
+
+
+def pack_experts(model: nn.Module) -> int:
+    """Replace ``w1``/``w2``/``w3`` of every routed expert (main layers and MTP block) by
+    :class:`PackedFP4Linear` (quantising real weights, keeping meta ones meta); shared experts
+    stay as they are.  Returns the number of linears replaced."""
+    from .moe import MoE
+
+    n = 0
+    for mod in model.modules():
+        if not isinstance(mod, MoE):
+            continue
+        for expert in mod.experts:
+            for wname in ("w1", "w2", "w3"):
+                lin = getattr(expert, wname)
+                if isinstance(lin, nn.Linear):
+                    setattr(expert, wname, PackedFP4Linear.from_linear(lin))
+                    n += 1
+    return n
+
+
+def model_state_items(model: nn.Module) -> Iterator[tuple[str, torch.Tensor | PackedFP4]]:
+    """``model.state_dict()`` as (name, tensor) pairs, with each :class:`PackedFP4Linear` given
+    once as (``...weight``, :class:`PackedFP4`) (its ``.scale`` as ue8m0)."""
+    packed = {name + "." for name, m in model.named_modules() if isinstance(m, PackedFP4Linear)}
+    sd = model.state_dict()
+    for name, t in sd.items():
+        p = name[: name.rfind(".") + 1]
+        if p in packed:
+            if name.endswith(".scale"):
+                continue
+            s = sd[p + "scale"]
+            yield name, PackedFP4(t, s.view(E8M0_DTYPE) if s.dtype == torch.uint8 else s)
+        else:
+            yield name, t
+
+
 def iter_checkpoint_tensors(
     state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
     cfg: V4Config,
     layout: str = "official",
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Turn model tensors (official names, as in ``V4Model.state_dict()``) into checkpoint
-    tensors of ``layout``, quantising where ``cfg`` says so (official layout: FP8 128x128 blocks
-    for the linears of spec 8.2, packed FP4 for the routed experts when ``expert_dtype == "fp4"``)
-    and casting the rest to the dtypes of :func:`expected_tensors`.  The ``transformers`` layout
-    fuses each layer's experts (all of them must come before the next layer's) and drops
-    ``mtp.*``."""
+    """Turn model tensors (official names, as in ``V4Model.state_dict()`` or
+    :func:`model_state_items`) into checkpoint tensors of ``layout``, quantising where ``cfg``
+    says so (official layout: FP8 128x128 blocks for the linears of spec 8.2, packed FP4 for the
+    routed experts when ``expert_dtype == "fp4"``; :class:`PackedFP4` values are written as they
+    are, without a second rounding) and casting the rest to the dtypes of
+    :func:`expected_tensors`.  The ``transformers`` layout fuses each layer's experts (all of
+    them must come before the next layer's) and drops ``mtp.*``."""
     items = state.items() if isinstance(state, Mapping) else state
     exp = expected_tensors(cfg, layout)
     block = _block_of(cfg)
@@ -904,6 +1221,12 @@ def iter_checkpoint_tensors(
             if name not in exp:
                 raise KeyError(f"tensor {name!r} is not part of the official layout of this config")
             dt = exp[name][0]
+            if isinstance(t, PackedFP4):
+                if dt == "I8":
+                    yield name, t.weight.detach().cpu()
+                    yield name[:-7] + ".scale", t.scale.detach().cpu()
+                    continue
+                t = t.dequantize()
             t = t.detach().cpu()
             if dt == "F8_E4M3":
                 q, s = quant_fp8_block(t, block)
@@ -923,6 +1246,8 @@ def iter_checkpoint_tensors(
     for name, t in items:
         if name.startswith("mtp."):
             continue
+        if isinstance(t, PackedFP4):
+            t = t.dequantize()
         t = t.detach().cpu()
         m = _LAYER_RE.match(name)
         em = _EXPERT_RE.match(m.group(3)) if m else None
@@ -1020,58 +1345,138 @@ def write_synthetic_checkpoint(
 # ------------------------------------------------------------------------------------------------
 # model-level load / save
 # ------------------------------------------------------------------------------------------------
-# MODEL HOOK: the two functions below only use ``V4Model(cfg)``, ``model.state_dict()`` (official
-# names without ``.scale``, see model_tensor_names) and ``model.config``; adjust here if the model
-# class names them differently.
+# MODEL HOOK: the functions below use ``V4Model(cfg, ..., device="meta", init=False)``,
+# ``model.state_dict()`` (official names without ``.scale``, see model_tensor_names),
+# ``model.init_weights``, ``model.set_numerics`` and ``model.config``.
 def _model_config(model) -> V4Config:
     for attr in ("config", "cfg"):
         c = getattr(model, attr, None)
         if isinstance(c, V4Config):
             return c
-    raise AttributeError("save_checkpoint: the model has no V4Config in .config; pass cfg=")
+    raise AttributeError("the model has no V4Config in .config; pass cfg=")
+
+
+def _cpu_rope_tables(model: nn.Module) -> None:
+    # MODEL HOOK: ``Rope`` keeps its frequency table as a plain tensor attribute made on the
+    # default device, so a model built on "meta" has meta tables that ``to_empty`` leaves alone;
+    # rebuild those on the CPU (they move to the activations' device when used).
+    from .attention import Attention
+    from .rope import Rope
+
+    for mod in model.modules():
+        if isinstance(mod, Attention) and getattr(mod.rope.inv_freq, "is_meta", False):
+            mod.rope = Rope(mod.cfg, compressed=bool(mod.ratio))
+
+
+def model_skeleton(cfg: V4Config, dtype: torch.dtype = torch.float32, numerics: str = "reference",
+                   backend: str = "torch", experts: str = "dequantize") -> nn.Module:
+    """A ``V4Model`` whose parameters and buffers all live on the meta device (no memory, any
+    size), ready for ``to_empty`` + loading, for streaming or for ``accelerate``; with
+    ``experts="packed"`` its routed experts are :class:`PackedFP4Linear` (meta buffers)."""
+    from .model import V4Model
+
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
+    model = V4Model(cfg, backend=backend, numerics=numerics, dtype=dtype, device="meta", init=False)
+    _cpu_rope_tables(model)
+    if experts == "packed":
+        pack_experts(model)
+    return model
+
+
+def _assign(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.dtype == torch.uint8 and src.dtype != torch.uint8 and src.element_size() == 1:
+        src = src.view(torch.uint8)            # ue8m0 scale bytes into a PackedFP4Linear
+    dst.copy_(src)
+
+
+def _check_packable(report: CheckpointReport, cfg: V4Config, path: str) -> None:
+    _, expert_fmt = _quant_modes(cfg)
+    if report.layout != "official" or expert_fmt != "fp4":
+        raise CheckpointError(
+            f"{path}: experts='packed' keeps routed experts in the packed FP4 form of the official files, but this "
+            f"checkpoint has the {report.layout} layout with expert_dtype={cfg.expert_dtype!r}; "
+            "use experts='dequantize'")
 
 
 @torch.no_grad()
 def load_checkpoint(
     path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    numerics: str | None = None,
+    experts: str = "dequantize",
     model=None,
+    strict: bool = True,
     *,
     cfg: V4Config | None = None,
-    strict: bool = True,
+    seed: int = 0,
 ):
-    """Load a checkpoint (official FP8/FP4 files or the ``transformers`` layout) into ``model``
-    (default: a new ``V4Model`` built from the checkpoint's ``config.json``), streaming one tensor
-    at a time and dequantising on the way.  A ``transformers`` checkpoint has no MTP block, so
-    ``mtp.*`` parameters are left as they are.  With ``strict``, missing, unexpected or
-    misshapen tensors raise ``KeyError``/``ValueError``.  Returns the model."""
+    """Load a checkpoint -- the official FP8/FP4 files or the ``transformers`` layout, detected
+    from the names -- as a ``V4Model``.
+
+    ``path``: a checkpoint folder (index + shards, or ``*.safetensors``), an index file or one
+    ``.safetensors`` file; ``config.json`` next to the weights gives the config (or ``cfg=``).
+    The checkpoint is first checked from its headers (:func:`verify_checkpoint`): a truncated or
+    lying shard, a missing/unexpected/misshapen/mistyped tensor or a config that does not match
+    the weights raises :class:`CheckpointError` naming the file and the tensor, before any model
+    memory is allocated.  The model is built on the meta device, materialised on ``device`` with
+    parameters in ``dtype`` (mHC, sinks, ``ape`` and router bias stay fp32, as in ``V4Model``),
+    and filled one tensor at a time from memory maps, dequantising on the way.
+
+    ``numerics``: ``"reference"`` (default for a new model) or ``"hf"`` (for parity with
+    ``transformers``).  ``experts``: ``"dequantize"`` (routed experts become ``dtype`` weights)
+    or ``"packed"`` (they stay packed FP4 in :class:`PackedFP4Linear` and are dequantised per
+    call: identical logits, about 0.53 bytes per expert parameter; needs the official layout with
+    ``expert_dtype: fp4``).  ``model``: load into this model instead (its dtype/device are
+    kept).  A ``transformers`` checkpoint has no MTP block: a new model's MTP block is freshly
+    initialised (``seed``).  ``strict=False`` lets missing and unexpected tensors through (the
+    missing ones keep a fresh initialisation).  Returns the model.
+    """
+    if isinstance(dtype, nn.Module):          # the older call form load_checkpoint(path, model)
+        model, dtype = dtype, torch.float32
+    if experts not in EXPERT_MODES:
+        raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
+    path = os.fspath(path)
     ck = ShardedCheckpoint(path)
     if cfg is None:
-        cpath = os.path.join(ck.folder, "config.json")
-        if model is not None and not os.path.exists(cpath):
-            cfg = _model_config(model)
-        else:
-            cfg = V4Config.from_hf(cpath)
+        has_json = os.path.exists(os.path.join(ck.folder or ".", "config.json"))
+        cfg = _model_config(model) if model is not None and not has_json else checkpoint_config(ck)
+    report = verify_checkpoint(path, cfg, strict=strict)
+    layout = report.layout
+    packed = experts == "packed"
+    if packed:
+        _check_packable(report, cfg, path)
     if model is None:
-        from .model import V4Model  # MODEL HOOK
-
-        model = V4Model(cfg)
+        model = model_skeleton(cfg, dtype, numerics or "reference", experts=experts)
+        model.to_empty(device=device)
+        if layout == "hf" or not strict:
+            model.init_weights(seed)          # for what the files lack (a transformers checkpoint's MTP block)
+            for m in model.modules():
+                if isinstance(m, PackedFP4Linear):
+                    m.weight.zero_()
+                    m.scale.fill_(127)
+    else:
+        if numerics is not None:
+            model.set_numerics(numerics)
+        if packed:
+            pack_experts(model)
     sd = model.state_dict()
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for name, t in iter_model_tensors(ck, cfg, dtype=torch.float32, strict=strict):
+    for name, t in iter_model_tensors(ck, cfg, dtype=torch.float32, strict=strict, packed_experts=packed):
         dst = sd.get(name)
         if dst is None:
             unexpected.append(name)
             continue
         if tuple(dst.shape) != tuple(t.shape):
-            raise ValueError(f"{ck.file_of(name) if name in ck else path}: tensor {name!r} has shape "
-                             f"{list(t.shape)}, the model expects {list(dst.shape)}")
-        dst.copy_(t)
+            raise CheckpointError(f"{_file(ck, name)}: tensor {name!r} has shape {list(t.shape)}, the model "
+                                  f"expects {list(dst.shape)}")
+        _assign(dst, t)
         loaded.add(name)
-    layout = detect_layout(ck.names())
     missing = [n for n in sd if n not in loaded and not (layout == "hf" and n.startswith("mtp."))]
     if strict and (missing or unexpected):
-        raise KeyError(
+        raise CheckpointError(
             f"{path}: {len(missing)} model tensors missing from the checkpoint {missing[:5]}, "
             f"{len(unexpected)} checkpoint tensors unknown to the model {unexpected[:5]}"
         )
@@ -1081,21 +1486,32 @@ def load_checkpoint(
 def save_checkpoint(
     model,
     path: str | os.PathLike,
-    *,
-    cfg: V4Config | None = None,
-    layout: str = "official",
+    format: str | None = None,
     quantize: bool = True,
     max_shard_bytes: int = 4 * 1024**3,
+    *,
+    cfg: V4Config | None = None,
+    layout: str | None = None,
 ) -> dict:
-    """Save ``model`` as a sharded checkpoint with ``config.json``.
+    """Save ``model`` as a sharded checkpoint (``model-0000i-of-0000n.safetensors`` + index, one
+    shard in memory at a time) with ``config.json``.
 
-    ``layout="official"`` writes the shipped format; with ``quantize`` the linears become FP8 and
-    the experts packed FP4 as ``cfg.quantization_config`` / ``cfg.expert_dtype`` say (configs
-    without them, like the small presets, are written unquantised).  ``quantize=False`` writes
-    every weight in the model dtype.  ``layout="hf"`` writes what ``transformers`` loads (no MTP).
-    Returns the index dict."""
+    ``format="official"`` (default; ``layout=`` is an alias) writes the shipped format: with
+    ``quantize`` the linears of spec 8.2 become FP8 e4m3 with ue8m0 128x128 block scales when
+    ``cfg.quantization_config`` asks for FP8, and the routed experts packed FP4 (ue8m0 per 32)
+    when ``cfg.expert_dtype == "fp4"``; configs without them (the small presets) are written
+    unquantised, and ``quantize=False`` writes every weight unquantised (``config.json`` then
+    says so).  Experts already packed (:class:`PackedFP4Linear`) are written as they are.
+    ``format="hf"`` writes what ``transformers.DeepseekV4ForCausalLM.from_pretrained`` loads:
+    ``model.*`` names, fused experts, no MTP block, no quantisation, ``config.json`` in the
+    ``transformers`` form.  Returns the index dict."""
+    if format is not None and layout is not None and format != layout:
+        raise ValueError(f"format={format!r} and layout={layout!r} disagree")
+    fmt = format or layout or "official"
+    if fmt not in ("official", "hf"):
+        raise ValueError(f"format must be 'official' or 'hf', got {fmt!r}")
     cfg = cfg or _model_config(model)
-    if not quantize:
+    if not quantize or fmt == "hf":
         cfg = cfg.replace(quantization_config=None, expert_dtype=None)
-    tensors = iter_checkpoint_tensors(model.state_dict(), cfg, layout)
-    return write_checkpoint(path, tensors, cfg, layout, max_shard_bytes)
+    tensors = iter_checkpoint_tensors(model_state_items(model), cfg, fmt)
+    return write_checkpoint(path, tensors, cfg, fmt, max_shard_bytes)

@@ -19,7 +19,7 @@ from .norm import f32
 
 def yarn_inv_freq(rope_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
     """Per-pair angular frequencies omega_i, i = 0 .. rope_dim/2 - 1 (fp32)."""
-    i = torch.arange(0, rope_dim, 2, dtype=torch.float32)
+    i = torch.arange(0, rope_dim, 2, dtype=torch.float32, device="cpu")  # CPU even under a meta device
     inv_freq = 1.0 / (base ** (i / rope_dim))  # omega_i = base^(-2i/r)
     if scaling is None:
         return inv_freq
@@ -33,7 +33,7 @@ def yarn_inv_freq(rope_dim: int, base: float, scaling: dict | None) -> torch.Ten
     high = min(math.ceil(corr(scaling["beta_slow"])), rope_dim - 1)
     if low == high:
         high += 0.001
-    ramp = ((torch.arange(rope_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(rope_dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
     # ramp 0 (high frequencies): keep omega; ramp 1 (low frequencies): omega / s
     return inv_freq / s * ramp + inv_freq * (1 - ramp)
 

@@ -278,7 +278,10 @@ def _check_layout(h: SafetensorsHeader) -> None:
                   if t.dtype in DTYPE_BITS and t.end > payload and t.end >= t.begin)
     if past:
         b, e, name = past[0]
-        more = f" ({len(past) - 1} more tensors after it end past the file too)" if len(past) > 1 else ""
+        more = ""
+        if len(past) > 1:
+            others = ", ".join(repr(p[2]) for p in past[1:4]) + (" ..." if len(past) > 4 else "")
+            more = f" ({len(past) - 1} more tensor(s) after it end past the file too: {others})"
         h.errors.append(
             f"{fname}: tensor {name!r} ends at payload byte {e} but the file has only {max(payload, 0)} "
             f"payload bytes ({h.file_size} bytes in all): truncated file?{more}"

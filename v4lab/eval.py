@@ -1,0 +1,207 @@
+"""Evaluation of flash-mini: needle retrieval, indexer recall, bits per byte, MTP speculation.
+
+* ``needle_accuracy(model, haystack_text, context_len, ...)`` hides a key -> value fact in any text
+  (so it also works on text the model never saw), asks for the value at the end, decodes greedily
+  and scores exact matches, per depth.  With ``recall=True`` it also records, for every CSA layer,
+  how often the Lightning Indexer's top-k contains a compressed entry of the needle's value while
+  the answer is produced, next to the chance level k / number of entries.
+* ``bits_per_byte(model, texts, window, stride)``: next-byte cross-entropy in bits.
+* ``speculative_generate(model, ids, n)``: greedy decoding that drafts one token with the MTP
+  block and verifies it with the main model; the output is identical to plain greedy decoding.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .attention import ForwardContext
+from .data import BOS_ID, decode_ids, encode_text, iter_windows, make_needle_task
+from .generate import prefill
+
+
+@dataclass
+class NeedleResult:
+    context_len: int
+    trials: list = field(default_factory=list)  # dicts: depth, value, answer, correct, recall{layer: bool}
+
+    @property
+    def accuracy(self) -> float:
+        return sum(t["correct"] for t in self.trials) / max(1, len(self.trials))
+
+    def by_depth(self) -> dict:
+        out = {}
+        for t in self.trials:
+            out.setdefault(round(t["depth"], 3), []).append(t["correct"])
+        return {d: sum(v) / len(v) for d, v in sorted(out.items())}
+
+    def recall(self) -> dict:
+        """Per CSA layer: fraction of answer steps whose top-k held a needle entry, and chance."""
+        hits, chance = {}, {}
+        for t in self.trials:
+            for layer, r in t.get("recall", {}).items():
+                hits.setdefault(layer, []).append(r["hit"])
+                chance.setdefault(layer, []).append(r["chance"])
+        return {l: {"recall": sum(h) / len(h), "chance": sum(chance[l]) / len(chance[l])} for l, h in hits.items()}
+
+
+@torch.no_grad()
+def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = None, chunk: int = 2048,
+           record: bool = False, progress: bool = False):
+    """Greedy answer to a prompt; returns (new ids, records of the answer steps or None)."""
+    ids = torch.tensor([prompt_ids], device=model.device)
+    cache = model.new_cache(1)
+    # everything but the last prompt token without recording, then the rest with records
+    if ids.shape[1] > 1:
+        prefill(model, ids[:, :-1], cache, chunk, progress)
+    ctx = ForwardContext(record=record)
+    logits = model(ids[:, -1:], cache=cache, ctx=ctx)[:, -1]
+    out = []
+    for _ in range(max_new):
+        nxt = int(logits.argmax(-1))
+        out.append(nxt)
+        if nxt == stop_id or len(out) == max_new:
+            break
+        logits = model(torch.tensor([[nxt]], device=model.device), cache=cache, ctx=ctx)[:, -1]
+    return out, (ctx.records if record else None)
+
+
+def needle_accuracy(model, haystack_text: str, context_len: int, n_trials: int = 5,
+                    depths=(0.1, 0.3, 0.5, 0.7, 0.9), seed: int = 0, recall: bool = False,
+                    chunk: int = 2048, progress: bool = False) -> NeedleResult:
+    """Exact-match accuracy of needle retrieval at ``context_len`` tokens (BOS included).
+    ``n_trials`` needles per depth; the haystack is cut from ``haystack_text`` at random offsets."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    res = NeedleResult(context_len)
+    jobs = [(d, i) for d in depths for i in range(n_trials)]
+    for d, _ in tqdm(jobs, desc=f"needles @ {context_len}", disable=not progress, leave=False):
+        task = make_needle_task(haystack_text, context_len - 1, rng, depth=d, position_offset=1)
+        prompt = [BOS_ID] + encode_text(task.prompt)
+        want = encode_text(task.answer)
+        got, recs = answer(model, prompt, len(want), stop_id=encode_text("\n")[0], chunk=chunk, record=recall)
+        t = {"depth": d, "value": task.value, "answer": decode_ids(got), "correct": got == want}
+        if recall:
+            t["recall"] = _needle_recall(recs, task, model.config)
+        res.trials.append(t)
+    return res
+
+
+def _needle_recall(records: dict, task, cfg) -> dict:
+    """For each CSA layer: did any answer step's top-k contain an entry whose own block holds a
+    byte of the needle's value?  (Entry j pools block j and the first half of block j-1.)"""
+    out = {}
+    span = task.needle_spans[0]
+    pos = range(span.value_start + 1, span.value_end + 1)  # +1: BOS in front
+    needle_entries = {p // 4 for p in pos}
+    for layer, rec in records.items():
+        if rec["kind"] != "csa" or not rec["sel"]:
+            continue
+        sel = torch.cat(rec["sel"], 1)[0]  # [steps, k]
+        steps_pos = torch.cat(rec["pos"])
+        hit = any(bool(set(row[row >= 0].tolist()) & needle_entries) for row in sel)
+        n_entries = [int(p + 1) // 4 for p in steps_pos.tolist()]
+        chance = sum(min(1.0, len(needle_entries) * cfg.index_topk / max(1, n)) for n in n_entries) / len(n_entries)
+        out[layer] = {"hit": hit, "chance": chance}
+    return out
+
+
+@torch.no_grad()
+def bits_per_byte(model, texts, window: int = 1024, stride: int = 512, max_windows: int | None = None) -> float:
+    """Average next-byte cross-entropy in bits over ``texts`` (each byte scored once, with up to
+    ``window - stride`` bytes of context before it)."""
+    total, n = 0.0, 0
+    count = 0
+    for text in texts:
+        for w in iter_windows(text, window, stride):
+            ids = torch.as_tensor(w.ids, device=model.device).view(1, -1)
+            logits = model(ids[:, :-1])
+            tgt = ids[:, 1:]
+            ce = F.cross_entropy(logits[0].float(), tgt[0], reduction="none")
+            s = max(0, w.score_from - 1)
+            total += float(ce[s:].sum())
+            n += int(ce[s:].numel())
+            count += 1
+            if max_windows and count >= max_windows:
+                return total / n / math.log(2)
+    return total / max(1, n) / math.log(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# MTP self-speculative decoding
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SpeculativeResult:
+    tokens: list
+    drafted: int
+    accepted: int
+    seconds: float
+    forwards: int
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / max(1, self.drafted)
+
+
+@torch.no_grad()
+def speculative_generate(model, input_ids, max_new_tokens: int, chunk: int = 2048) -> SpeculativeResult:
+    """Greedy decoding with one MTP-drafted token per step, verified by the main model.
+
+    The main model processes [confirmed, draft] in one forward; if its prediction after the
+    confirmed token equals the draft, both are kept (and the token after them is known),
+    otherwise the cache is rolled back and only the confirmed token is kept.  The tokens are
+    exactly those of plain greedy decoding."""
+    from .cache import LayerCache
+
+    cfg = model.config
+    ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.device).view(1, -1)
+    t0 = time.perf_counter()
+    cache = model.new_cache(1)
+    P = ids.shape[1]
+    Hs = []
+    logits = None
+    for s0 in range(0, P, chunk):
+        logits, H = model(ids[:, s0 : s0 + chunk], cache=cache, return_hidden=True)
+        Hs.append(H)
+    H_all = torch.cat(Hs, 1)
+    mtp_lc = LayerCache(cfg, cfg.mtp_ratio, 1, model.dtype, model.device, "native", "fp4")
+    mtp_pos = 0
+    # the MTP block has seen (H_t, x_{t+1}) for t < P-1
+    if P > 1:
+        model.mtp_logits(H_all[:, : P - 1], ids[:, 1:], start_pos=0, lc=mtp_lc)
+        mtp_pos = P - 1
+    H_last = H_all[:, -1:]
+    nxt = int(logits[0, -1].argmax())
+    out, drafted, accepted, forwards = [nxt], 0, 0, 1
+    while len(out) < max_new_tokens:
+        # draft the token after `nxt` from the final streams at the previous position
+        d_logits = model.mtp_logits(H_last, torch.tensor([[nxt]], device=model.device), start_pos=mtp_pos, lc=mtp_lc)
+        mtp_pos += 1
+        draft = int(d_logits[0, -1].argmax())
+        drafted += 1
+        snap = cache.snapshot()
+        logits, H = model(torch.tensor([[nxt, draft]], device=model.device), cache=cache, return_hidden=True)
+        forwards += 1
+        if int(logits[0, 0].argmax()) == draft:
+            accepted += 1
+            out.append(draft)
+            # the MTP block must also see position (nxt's) with the draft as next token
+            model.mtp_logits(H[:, :1], torch.tensor([[draft]], device=model.device), start_pos=mtp_pos, lc=mtp_lc)
+            mtp_pos += 1
+            H_last = H[:, 1:]
+            nxt = int(logits[0, 1].argmax())
+            if len(out) < max_new_tokens:
+                out.append(nxt)
+        else:
+            cache.restore(snap)
+            logits, H = model(torch.tensor([[nxt]], device=model.device), cache=cache, return_hidden=True)
+            forwards += 1
+            H_last = H
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+    return SpeculativeResult(out[:max_new_tokens], drafted, accepted, time.perf_counter() - t0, forwards)
