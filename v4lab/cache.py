@@ -121,7 +121,7 @@ class EntryStore:
             from .quant import quant_fp4
 
             lead = x.shape[:-1]
-            packed, scale = quant_fp4(x.float().reshape(-1, self.dim))
+            packed, scale = quant_fp4(x.float().reshape(-1, self.dim), block=min(32, self.dim))
             return {"q": packed.view(torch.uint8).reshape(*lead, -1), "scale": scale.view(torch.uint8).reshape(*lead, -1)}
         raise ValueError(self.fmt)
 
@@ -138,7 +138,7 @@ class EntryStore:
 
             lead = parts["q"].shape[:-1]
             out = dequant_fp4_experts(parts["q"].reshape(-1, parts["q"].shape[-1]).view(torch.int8),
-                                      parts["scale"].reshape(-1, parts["scale"].shape[-1]))
+                                      parts["scale"].reshape(-1, parts["scale"].shape[-1]), block=min(32, self.dim))
             return out.reshape(*lead, self.dim).to(self.dtype)
         raise ValueError(self.fmt)
 

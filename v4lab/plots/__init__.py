@@ -1,1 +1,7 @@
-"""Named figure functions used by the notebooks (each submodule is one topic)."""
+"""Named figure and widget functions used by the notebooks, one submodule per topic.
+
+``attention`` (layer masks, indexer picks, attention mass), ``costs`` (KV cache and FLOPs),
+``quant`` (FP8 / FP4 grids), ``widgets`` (interactive explorers).  Each function returns a
+matplotlib Figure (or an ipywidgets box) and never calls pyplot.show().
+"""
+from . import attention, costs, quant, widgets  # noqa: F401

@@ -132,3 +132,83 @@ def plot_layer_breakdown(cfg, context_len, storage="deployed", indexer_storage="
     )
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
+
+
+def plot_measured_cache(measured, ax=None) -> Figure:
+    """Bytes held by real :class:`~v4lab.cache.V4Cache` objects (markers) on the cost model's
+    prediction (lines, evaluated at every token count, so the steps of the compressed blocks
+    show).
+
+    ``measured``: dicts with ``name`` (legend label of the model), ``cfg`` (its V4Config),
+    ``storage`` and ``indexer_storage`` (as :func:`v4lab.costs.kv_cache_bytes` takes them),
+    ``context_len`` and ``bytes`` (what ``cache.nbytes()`` returned).  One line per
+    (name, storage, indexer_storage).
+    """
+    groups: dict = {}
+    for row in measured:
+        key = (row["name"], str(row["storage"]), row.get("indexer_storage", "fp4"))
+        groups.setdefault(key, {"cfg": row["cfg"], "storage": row["storage"], "points": []})
+        groups[key]["points"].append((row["context_len"], row["bytes"]))
+    fig, ax = _axes(ax, (7, 4.2))
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+              "tab:olive", "tab:cyan", "tab:gray"]
+    for i, ((name, storage, ist), g) in enumerate(groups.items()):
+        top = max(L for L, _ in g["points"])
+        lens = list(range(0, top + 1, max(1, top // 2000)))
+        pred = [costs.kv_cache_bytes(g["cfg"], L, g["storage"], ist).total / 2**10 for L in lens]
+        color = colors[i % len(colors)]
+        label = f"{name}, {costs.storage_label(g['storage'], ist)}"
+        ax.plot(lens, pred, color=color, lw=1, label=label)
+        ax.plot([L for L, _ in g["points"]], [b / 2**10 for _, b in g["points"]], "o", color=color,
+                markersize=5, markerfacecolor="none")
+    ax.set_xlabel("tokens in the cache")
+    ax.set_ylabel("cache bytes (KiB)")
+    ax.set_title("V4Cache bytes: measured (circles) on costs.kv_cache_bytes (lines)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def plot_kernel_timings(report: dict, mode: str = "decode", backend: str | None = None,
+                        kernels=None, ax=None) -> Figure:
+    """Median time per call against context length from a :mod:`v4lab.bench_kernels` report
+    (the dict written to ``kernels.json``), log-log, one line per kernel.
+
+    ``backend``: "torch" (the PyTorch references) or "triton" (GPU runs); default: "triton" when
+    the report has it, else "torch".  Dense SDPA over all L keys is always drawn (dashed) as the
+    baseline.  The title names the device of the run, so CPU timings of the PyTorch path are
+    never mistaken for kernel speed.
+    """
+    results = [r for r in report.get("results", []) if r.get("mode") == mode and "ms" in r]
+    have = {r["backend"] for r in results}
+    backend = backend or ("triton" if "triton" in have else "torch")
+    names = []
+    for r in results:
+        if r["backend"] == backend and r["kernel"] not in names and (kernels is None or r["kernel"] in kernels):
+            names.append(r["kernel"])
+    fig, ax = _axes(ax, (8, 4.5))
+    for i, name in enumerate(names):
+        pts = sorted((r["context"], r["ms"]) for r in results if r["kernel"] == name and r["backend"] == backend)
+        lw, z = (2.2, 3) if name == "csa_layer" else (1.0, 2)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, lw=lw, zorder=z,
+                label=name + (" (indexer top-k + sparse)" if name == "csa_layer" else ""))
+    dense = sorted((r["context"], r["ms"]) for r in results if r["kernel"] == "dense_sdpa")
+    if dense:
+        ax.plot([p[0] for p in dense], [p[1] for p in dense], "k--", marker="s", markersize=3, lw=1.5,
+                label="dense SDPA over all L keys")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ctx = sorted({r["context"] for r in results})
+    if ctx:
+        ax.set_xticks(ctx, [_short(L) for L in ctx])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("ms per call (median)")
+    where = "PyTorch path" if backend == "torch" else "Triton kernels"
+    device = str(report.get("device", "?"))
+    machine = report.get("device_name") or device
+    on = machine if not device.startswith("cpu") else "CPU" if machine in (device, "") else f"CPU ({machine})"
+    ax.set_title(f"{mode}: {where} on {on}, {str(report.get('dtype', '?')).replace('torch.', '')}",
+                 fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
