@@ -205,3 +205,15 @@ def speculative_generate(model, input_ids, max_new_tokens: int, chunk: int = 204
             nxt = int(logits[0, -1].argmax())
             out.append(nxt)
     return SpeculativeResult(out[:max_new_tokens], drafted, accepted, time.perf_counter() - t0, forwards)
+
+
+def quick_check(model, seed: int = 0) -> dict:
+    """The shipped model's fingerprint figures, cheap enough for CI: bits per byte on 8 windows of
+    the first validation document and needle accuracy at the training length (16 trials)."""
+    from .data import load_documents
+
+    docs = load_documents("val")
+    bpb = bits_per_byte(model, [docs[0].text], window=1024, stride=512, max_windows=8)
+    hay = "\n\n".join(d.text for d in docs)
+    acc = needle_accuracy(model, hay, 1024, n_trials=4, depths=(0.2, 0.4, 0.6, 0.8), seed=seed).accuracy
+    return {"val_bpb_8x1024": round(bpb, 4), "needle_acc_1024_16": round(acc, 4)}

@@ -194,7 +194,7 @@ def train(args) -> dict:
         update_router_bias(model, args.bias_speed)
         step += 1
         rec = {"step": step, "elapsed": round(elapsed_before + time.perf_counter() - t0, 1), "dense_csa": dense,
-               **{k: round(float(v), 4) for k, v in ls.items()}}
+               **{k: round(float(v.detach() if torch.is_tensor(v) else v), 4) for k, v in ls.items()}}
         history.append(rec)
         log.write(json.dumps(rec) + "\n")
         log.flush()
