@@ -233,45 +233,10 @@ def _official_entries(name, storage, shape, md, block, expert_fmt):
     raise AssertionError(storage)
 
 
-# official per-layer suffix -> transformers suffix (experts are fused separately)
-_LAYER_TO_HF = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "hc_attn_fn": "attn_hc.fn", "hc_attn_base": "attn_hc.base", "hc_attn_scale": "attn_hc.scale",
-    "hc_ffn_fn": "ffn_hc.fn", "hc_ffn_base": "ffn_hc.base", "hc_ffn_scale": "ffn_hc.scale",
-    "attn.wq_a.weight": "self_attn.q_a_proj.weight",
-    "attn.q_norm.weight": "self_attn.q_a_norm.weight",
-    "attn.wq_b.weight": "self_attn.q_b_proj.weight",
-    "attn.wkv.weight": "self_attn.kv_proj.weight",
-    "attn.kv_norm.weight": "self_attn.kv_norm.weight",
-    "attn.wo_a.weight": "self_attn.o_a_proj.weight",
-    "attn.wo_b.weight": "self_attn.o_b_proj.weight",
-    "attn.attn_sink": "self_attn.sinks",
-    "attn.compressor.wkv.weight": "self_attn.compressor.kv_proj.weight",
-    "attn.compressor.wgate.weight": "self_attn.compressor.gate_proj.weight",
-    "attn.compressor.ape": "self_attn.compressor.position_bias",
-    "attn.compressor.norm.weight": "self_attn.compressor.kv_norm.weight",
-    "attn.indexer.wq_b.weight": "self_attn.compressor.indexer.q_b_proj.weight",
-    "attn.indexer.weights_proj.weight": "self_attn.compressor.indexer.scorer.weights_proj.weight",
-    "attn.indexer.compressor.wkv.weight": "self_attn.compressor.indexer.kv_proj.weight",
-    "attn.indexer.compressor.wgate.weight": "self_attn.compressor.indexer.gate_proj.weight",
-    "attn.indexer.compressor.ape": "self_attn.compressor.indexer.position_bias",
-    "attn.indexer.compressor.norm.weight": "self_attn.compressor.indexer.kv_norm.weight",
-    "ffn.gate.weight": "mlp.gate.weight",
-    "ffn.gate.bias": "mlp.gate.e_score_correction_bias",
-    "ffn.gate.tid2eid": "mlp.gate.tid2eid",
-    "ffn.shared_experts.w1.weight": "mlp.shared_experts.gate_proj.weight",
-    "ffn.shared_experts.w3.weight": "mlp.shared_experts.up_proj.weight",
-    "ffn.shared_experts.w2.weight": "mlp.shared_experts.down_proj.weight",
-}
-_GLOBAL_TO_HF = {
-    "embed.weight": "model.embed_tokens.weight",
-    "head.weight": "lm_head.weight",
-    "norm.weight": "model.norm.weight",
-    "hc_head_fn": "model.hc_head.hc_fn",
-    "hc_head_base": "model.hc_head.hc_base",
-    "hc_head_scale": "model.hc_head.hc_scale",
-}
+# the one name mapping (spec 8.4), shared with v4lab.convert.from_transformers
+from .convert import _OFF_TO_HF_GLOBAL as _GLOBAL_TO_HF  # noqa: E402
+from .convert import _OFF_TO_HF_LAYER as _LAYER_TO_HF  # noqa: E402
+
 _LAYER_FROM_HF = {v: k for k, v in _LAYER_TO_HF.items()}
 _GLOBAL_FROM_HF = {v: k for k, v in _GLOBAL_TO_HF.items()}
 _LAYER_RE = re.compile(r"^(?:model\.)?(layers|mtp)\.(\d+)\.(.+)$")
