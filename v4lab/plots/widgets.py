@@ -257,3 +257,44 @@ def chat_html(text: str, tokenizer=None, max_chars: int | None = None) -> str:
             f"{n_special} of them special tokens (chips, id below). Regions: {legend}</div>"
             f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.6;font-size:85%'>"
             + "".join(out) + "</div></div>")
+
+
+# ----------------------------------------------------------------------------------------------
+# Lightning Indexer explorer
+# ----------------------------------------------------------------------------------------------
+def indexer_explorer(scores, positions, k: int = 16, query: int | None = None, ratio: int = 4,
+                     max_k: int = 64):
+    """A widget box: a slider for the query row and one for k over precomputed indexer scores
+    [queries, entries] (``positions``: each row's token position); shows the picks
+    (:func:`v4lab.plots.model.indexer_view`) and redraws whenever a slider moves.
+
+    The box has ``update()`` and ``controls`` ({"query", "k"}) attributes, like
+    :func:`kv_cost_explorer`."""
+    import ipywidgets as W
+
+    from .model import indexer_view
+
+    n = len(positions)
+    query = n - 1 if query is None else query
+    if not 0 <= query < n:
+        raise ValueError(f"query must be in [0, {n}), got {query}")
+    q_slider = W.IntSlider(value=query, min=0, max=n - 1, description="query row",
+                           continuous_update=False, layout=W.Layout(width="420px"))
+    k_slider = W.IntSlider(value=k, min=1, max=max(max_k, k), description="k",
+                           continuous_update=False)
+    text = W.HTML()
+    image = W.Image(format="png")
+
+    def update(*_):
+        view = indexer_view(scores, positions, q_slider.value, k_slider.value, ratio)
+        text.value = view["html"]
+        image.value = figure_png(view["figure"])
+
+    for w in (q_slider, k_slider):
+        w.observe(update, names="value")
+    update()
+    box = W.VBox([W.HBox([q_slider, k_slider]), text, image])
+    box.add_class("v4lab-indexer-explorer")
+    box.update = update
+    box.controls = {"query": q_slider, "k": k_slider}
+    return box
