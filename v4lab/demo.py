@@ -39,7 +39,8 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
     rng = random.Random(seed)
     task = make_needle_task(doc.text, context - 1, rng, depth=depth, position_offset=1)
     question = task.prompt[task.question_start :].strip()
-    print(f"document: {doc.title} ({doc.nbytes:,} bytes); prompt {context:,} tokens (byte-level)", file=out)
+    print(f"document: {doc.title} ({doc.nbytes:,} bytes); prompt of {context - len(task.answer):,} tokens "
+          f"(byte-level, BOS included)", file=out)
     print(f"hidden fact at depth {task.placed_depths[0]:.2f}: {task.prompt[task.needle_spans[0].start:task.needle_spans[0].end].strip()!r}", file=out)
     print(f"question: {question!r}", file=out)
 
@@ -55,13 +56,15 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
         answer = []
         print("answer: ", end="", file=out, flush=True)
         t2 = time.perf_counter()
+        steps = 0
         for _ in range(12):
             nxt = int(logits.argmax(-1))
             answer.append(nxt)
-            if nxt == newline:
-                break
+            if nxt == newline and decode_ids(answer).strip():
+                break  # a newline ends the answer once something was said
             print(decode_ids([nxt]), end="", file=out, flush=True)
             logits = model(torch.tensor([[nxt]]), cache=cache, ctx=ctx)[:, -1]
+            steps += 1
         t3 = time.perf_counter()
     print(file=out)
     got = decode_ids(answer).strip()
@@ -71,13 +74,14 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
     dense = dense_cache_bytes(cfg, cache.pos, cache.dtype.itemsize)
     print(f"expected {task.value}: {'correct' if ok else 'wrong'}", file=out)
     print(f"prefill: {n_prefill:,} tokens in {t1 - t0:.1f} s = {n_prefill / (t1 - t0):,.0f} tokens/s", file=out)
-    print(f"decode: {len(answer)} tokens in {t3 - t2:.2f} s = {len(answer) / (t3 - t2):.1f} tokens/s", file=out)
+    print(f"decode: {steps} steps at {cache.pos:,} tokens of context in {t3 - t2:.2f} s = "
+          f"{steps / (t3 - t2):.1f} tokens/s", file=out)
     print(f"KV cache: {kv['total'] / 2**20:.1f} MiB (window {kv['window'] / 2**20:.1f}, compressed "
           f"{kv['compressed'] / 2**20:.1f}, indexer keys {kv['indexer'] / 2**20:.1f}, compressor state "
           f"{kv['state'] / 2**20:.2f}) vs a dense cache of the same model {dense / 2**20:.1f} MiB "
           f"({dense / kv['total']:.1f}x larger)", file=out)
     result = {"correct": ok, "answer": got, "value": task.value, "prefill_tokens_per_s": n_prefill / (t1 - t0),
-              "decode_tokens_per_s": len(answer) / (t3 - t2), "kv_bytes": kv["total"], "dense_kv_bytes": dense,
+              "decode_tokens_per_s": steps / (t3 - t2), "kv_bytes": kv["total"], "dense_kv_bytes": dense,
               "records": ctx.records, "task": task}
     if figure:
         from .plots.attention import plot_indexer_picks

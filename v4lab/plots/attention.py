@@ -101,7 +101,7 @@ def plot_indexer_picks(records: dict, task=None, cfg=None, ax=None, bos: bool = 
         ok = ent >= 0
         ax.scatter(ent[ok] * 4, steps[ok], s=10, marker="s", color=KIND_COLORS["csa"], label="picked entry (block start)")
         if needle:
-            ax.axvspan(needle[0] - 4, needle[1] + 4, color="red", alpha=0.25, label="needle value")
+            ax.axvline((needle[0] + needle[1]) / 2, color="red", lw=1.5, alpha=0.7, label="needle value")
         ax.set_xlim(0, max(int(pos.max()) + 1, 1))
         ax.set_ylabel(f"layer {layer}\nquery #")
         if i == 0:
