@@ -29,10 +29,12 @@ class ParamCount:
     routed_experts: int
 
     def __str__(self):
-        g = 1e9
-        return (f"total {self.total / g:.2f}B (without MTP {self.total_without_mtp / g:.2f}B), "
-                f"activated/token {self.activated / g:.2f}B (incl. embedding {self.activated_with_embedding / g:.2f}B, "
-                f"incl. MTP {self.activated_with_mtp / g:.2f}B)")
+        def f(n):
+            return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+        return (f"total {f(self.total)} (without MTP {f(self.total_without_mtp)}), "
+                f"activated/token {f(self.activated)} (incl. embedding {f(self.activated_with_embedding)}, "
+                f"incl. MTP {f(self.activated_with_mtp)})")
 
 
 def count_parameters(cfg_or_model) -> ParamCount:
