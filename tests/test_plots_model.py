@@ -1,5 +1,4 @@
 """Figures and widgets of notebooks 00-05 and 08 (v4lab.plots.model, indexer_explorer)."""
-import math
 
 import matplotlib
 import numpy as np

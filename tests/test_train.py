@@ -27,7 +27,7 @@ def test_smoke_training_loss_falls_and_all_losses_are_present(tmp_path):
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):
-    a = train(_args(tmp_path, "--steps", "4"))
+    train(_args(tmp_path, "--steps", "4"))
     b = train(_args(tmp_path, "--steps", "6", "--resume"))
     assert b["steps"] == 6 and len(b["history"]) == 2  # continued at step 5
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .compressor import Compressor
 from .config import V4Config

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
