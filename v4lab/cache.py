@@ -22,49 +22,29 @@ from dataclasses import dataclass
 import torch
 
 from .config import V4Config
+from .costs import deployed_entry_bytes
+from .costs import deployed_indexer_bytes as indexer_key_bytes
+from .norm import f32
+from .quant import (E4M3_MAX, fp8_e4m3_encode, pow2_scale_exponent, ue8m0_bytes, ue8m0_decode,
+                    ue8m0_from_exponent)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 
 
-def deployed_entry_bytes(dim: int, rope_dim: int) -> int:
-    """Bytes of one main KV entry in the deployed format: FP8 nope dims + BF16 rope dims + one
-    scale byte per 64 nope channels, padded to a multiple of 8 (584 for 512 / 64)."""
-    nope = dim - rope_dim
-    return -(-(nope + 2 * rope_dim + math.ceil(nope / 64)) // 8) * 8
-
-
-def indexer_key_bytes(dim: int, fmt: str) -> int:
-    """Bytes of one indexer key: FP4 = dim/2 + dim/32 (68 for 128), FP8 = dim + 4 (132)."""
-    if fmt == "fp4":
-        return dim // 2 + math.ceil(dim / 32)
-    if fmt == "fp8":
-        return dim + 4
-    raise ValueError(f"indexer_storage must be 'fp4' or 'fp8', got {fmt!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# codecs for the deployed formats
-# ----------------------------------------------------------------------------------------------
-def _pow2_scale(amax: torch.Tensor, top: float) -> torch.Tensor:
-    return torch.exp2(torch.ceil(torch.log2(amax.clamp(min=1e-4) / top)))
-
-
 def _fp8_encode(x: torch.Tensor, block: int):
-    """x [..., n] -> (fp8 [..., n], scale exponent bytes uint8 [..., ceil(n/block)])."""
+    """x [..., n] -> (fp8 [..., n], ue8m0 scale bytes uint8 [..., ceil(n/block)]); the same scale
+    rule as the QAT round trip ``quant.fp8_roundtrip`` (2^ceil(log2(max(amax, 1e-4) / 448)))."""
     n = x.shape[-1]
     nb = math.ceil(n / block)
-    pad = nb * block - n
-    xf = torch.nn.functional.pad(x.float(), (0, pad)).unflatten(-1, (nb, block))
-    scale = _pow2_scale(xf.abs().amax(-1, keepdim=True), 448.0)
-    q = (xf / scale).clamp(-448, 448).to(torch.float8_e4m3fn).flatten(-2)[..., :n]
-    exp = (torch.log2(scale).squeeze(-1) + 127).to(torch.uint8)
-    return q, exp
+    xf = torch.nn.functional.pad(f32(x), (0, nb * block - n)).unflatten(-1, (nb, block))
+    e = pow2_scale_exponent(xf.abs().amax(-1), E4M3_MAX, eps=1e-4)  # [..., nb]
+    q = fp8_e4m3_encode(torch.ldexp(xf, -e[..., None])).flatten(-2)[..., :n]
+    return q, ue8m0_bytes(ue8m0_from_exponent(e))
 
 
-def _fp8_decode(q: torch.Tensor, exp: torch.Tensor, block: int) -> torch.Tensor:
+def _fp8_decode(q: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
     n = q.shape[-1]
-    scale = torch.exp2(exp.float() - 127).repeat_interleave(block, dim=-1)[..., :n]
-    return q.float() * scale
+    return q.float() * ue8m0_decode(scale).repeat_interleave(block, dim=-1)[..., :n]
 
 
 class EntryStore:

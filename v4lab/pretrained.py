@@ -48,17 +48,8 @@ def load_flash_mini(numerics: str = "reference", dtype=torch.float32, verify: bo
         verify_weights(path)
     if threads:
         torch.set_num_threads(threads)
-    model = load_checkpoint(str(path), dtype=dtype, numerics=numerics) if _accepts_numerics() else load_checkpoint(str(path))
-    model.set_numerics(numerics)
+    model = load_checkpoint(str(path), dtype=dtype, numerics=numerics)
     return model.eval().requires_grad_(False)
-
-
-def _accepts_numerics() -> bool:
-    import inspect
-
-    from .checkpoint import load_checkpoint
-
-    return "numerics" in inspect.signature(load_checkpoint).parameters
 
 
 def has_weights() -> bool:
