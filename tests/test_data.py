@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import v4lab.data as data
-from v4lab.data import (BOS_ID, DATA_FILES, FACT, SPLITS, TrainingMix, decode_ids, encode_text,
+from v4lab.data import (BOS_ID, DATA_FILES, FACT, ORDINALS, SPLITS, TrainingMix, decode_ids, encode_text,
                         external_text, iter_windows, load_documents, long_document,
                         make_mrcr_task, make_needle_task, normalize_text)
 
@@ -332,6 +332,40 @@ def test_training_mix_is_deterministic_and_resumable(train_docs):
     rows = [next(single) for _ in range(6)]
     assert rows[0].shape == (513,)
     assert torch.equal(torch.stack(rows[3:6]), run[1].tokens)
+
+
+def test_training_mix_follow_up_questions(train_docs):
+    import re
+
+    mix = TrainingMix(train_docs, 512, task_fraction=1.0, seed=5, batch_size=4, follow_ups=3,
+                      task_weights={"multi_needle": 0.6, "mrcr": 0.4})
+    n_follow = 0
+    for i in range(30):
+        task, text, spans = mix.compose(i)
+        tokens, mask, kind, amask = mix.sample(i, answers=True)
+        assert len(text) == 512 and decode_ids(tokens[1:].tolist()) == text
+        assert text.startswith(task.text) and spans[0] == (len(task.prompt), len(task.text))
+        assert amask.sum() == sum(b - a for a, b in spans)
+        for a, b in spans:
+            assert bool((amask[a:b] == 1).all()) and text[b - 1] == "\n"
+        # every follow-up answer is the value of the fact its question asks for
+        for a, b in spans[1:]:
+            n_follow += 1
+            question = text[:a].rsplit("Question: ", 1)[1]
+            value = text[a:b - 1]
+            fact = next(s for s in task.needle_spans if s.value == value)
+            assert f"the {fact.key}" in question
+            same = [s for s in task.needle_spans if s.key == fact.key]
+            if len(same) > 1:
+                ordinal = re.search(r"What is the (\w+) of them", question).group(1)
+                assert ORDINALS.index(ordinal) == same.index(fact)
+        assert len({text[a:b] for a, b in spans}) == len(spans)     # no fact asked twice
+    assert n_follow > 20
+    assert mix.batch(1).answer_mask.shape == (4, 512)
+    plain = TrainingMix(train_docs, 512, task_fraction=1.0, seed=5, task_weights={"multi_needle": 1})
+    assert all(len(plain.compose(i)[2]) == 1 for i in range(5))
+    with pytest.raises(ValueError, match="follow_ups"):
+        TrainingMix(train_docs, 512, follow_ups=-1)
 
 
 def test_training_mix_short_sequences(train_docs):

@@ -610,6 +610,26 @@ class MixBatch(NamedTuple):
     tokens: "torch.Tensor"      # [B, seq_len + 1] int64: inputs tokens[:, :-1], targets [:, 1:]
     loss_mask: "torch.Tensor"   # [B, seq_len] float32 weight of each target token
     kinds: tuple[str, ...]      # "text" or a task kind, per row
+    answer_mask: "torch.Tensor | None" = None   # [B, seq_len] 1.0 on answer targets, else 0.0
+
+
+def _question_for(spans: Sequence[NeedleSpan], i: int) -> str:
+    """The question whose answer is span ``i``'s value: a needle question when its key is unique
+    among ``spans``, else a multi-round-recall question with its ordinal among that key's facts."""
+    same = [s for s in spans if s.key == spans[i].key]
+    if len(same) == 1:
+        return NEEDLE_QUESTION.format(key=spans[i].key)
+    k = [j for j, s in enumerate(spans) if s.key == spans[i].key].index(i) + 1
+    return MRCR_QUESTION.format(n=len(same), key=spans[i].key, ordinal=_ordinal(k))
+
+
+# the most bytes one follow-up question and its answer can take, by kind of question
+_LONGEST_KEY = "x" * (max(map(len, ADJECTIVES)) + max(map(len, NOUNS)) + 1)
+_MAX_FOLLOW_UP = {
+    "needle": len(NEEDLE_QUESTION.format(key=_LONGEST_KEY)) + VALUE_DIGITS + 1,
+    "mrcr": len(MRCR_QUESTION.format(n=10, key=_LONGEST_KEY, ordinal=max(ORDINALS, key=len)))
+    + VALUE_DIGITS + 1,
+}
 
 
 class TrainingMix:
@@ -626,13 +646,19 @@ class TrainingMix:
     of that text; its loss mask weighs the answer bytes by ``answer_weight`` and, with
     ``mask_needle_values``, gives zero weight to the (random, unpredictable) digits of the
     facts in the prompt.
+
+    ``follow_ups``: a task with several facts may go on after its answer with up to this many
+    more questions, one per other fact (needle questions, or multi-round-recall questions for
+    facts that share the asked key), each followed by its answer; text fills the rest of the
+    sequence.  Every answer byte is marked in ``answer_mask``, so one sequence teaches several
+    retrievals.  With the default 0 the samples are exactly the single-question tasks.
     """
 
     def __init__(self, docs: Sequence[Document | str], seq_len: int, task_fraction: float = 0.25,
                  seed: int = 0, *, batch_size: int | None = None, start_step: int = 0,
                  answer_weight: float = 4.0, mask_needle_values: bool = True,
                  task_weights: Mapping[str, float] | None = None, straddle_fraction: float = 0.3,
-                 max_facts: int = 5):
+                 max_facts: int = 5, follow_ups: int = 0):
         texts = [d.text if isinstance(d, Document) else str(d) for d in docs]
         texts = [t if t.isascii() else normalize_text(t) for t in texts if t]
         if not texts:
@@ -644,6 +670,9 @@ class TrainingMix:
         self.batch_size, self.step = batch_size, start_step
         self.answer_weight, self.mask_needle_values = answer_weight, mask_needle_values
         self.straddle_fraction = straddle_fraction
+        if follow_ups < 0:
+            raise ValueError("follow_ups must be >= 0")
+        self.follow_ups = int(follow_ups)
         weights = dict(task_weights or {"needle": 0.4, "multi_needle": 0.3, "mrcr": 0.3})
         if not set(weights) <= set(TASK_KINDS):
             raise ValueError(f"task kinds are {TASK_KINDS}, got {sorted(weights)}")
@@ -676,13 +705,13 @@ class TrainingMix:
             kind = "needle"
         n = 1 if kind == "needle" else rng.randint(2, self.max_facts)
         distractors = rng.randint(0, self.max_facts - n) if kind == "mrcr" else 0
+        context_len = self.seq_len - self._reserve(kind, n + distractors)  # + BOS: seq_len + 1 tokens
         # a straddle needs a block (128 bytes) of haystack per fact; keep it well inside
         straddle = "random" if (rng.random() < self.straddle_fraction
-                                and self.seq_len >= 256 * (n + distractors + 1)) else None
+                                and context_len >= 256 * (n + distractors + 1)) else None
         need = self.seq_len + 1024
         start = rng.randrange(max(1, len(self._text) - need))
         haystack = self._text[start:start + need]
-        context_len = self.seq_len                        # + BOS = seq_len + 1 tokens
         if kind == "mrcr":
             return make_mrcr_task(haystack, context_len, rng, n_facts=n,
                                   n_distractors=distractors, straddle=straddle,
@@ -690,26 +719,65 @@ class TrainingMix:
         return make_needle_task(haystack, context_len, rng, n_needles=n, straddle=straddle,
                                 position_offset=1)
 
-    def sample(self, index: int) -> tuple["torch.Tensor", "torch.Tensor", str]:
+    def _reserve(self, kind: str, n_facts: int) -> int:
+        """Bytes kept free after a task's answer for its follow-up questions: as many as fit
+        while the task itself keeps half of the sequence."""
+        per = _MAX_FOLLOW_UP["mrcr" if kind == "mrcr" else "needle"]
+        n = max(0, min(self.follow_ups, n_facts - 1, (self.seq_len // 2) // per))
+        return n * per
+
+    def compose(self, index: int) -> tuple[TaskSample | None, str, list[tuple[int, int]]]:
+        """``(task, text, answer byte ranges)`` of sample ``index``: the task's prompt and answer,
+        then its follow-up questions and answers and filler text (see ``follow_ups``).  ``text``
+        is the whole sample without its BOS token; (None, "", []) for a plain text window."""
+        task = self.task(index)
+        if task is None:
+            return None, "", []
+        text = task.text
+        answers = [(len(task.prompt), len(text))]
+        if len(text) < self.seq_len:
+            rng = random.Random(f"v4lab.TrainingMix/{self.seed}/{index}/follow-ups")
+            others = [i for i in range(len(task.needle_spans)) if i != task.target]
+            rng.shuffle(others)
+            for i in others[:self.follow_ups]:
+                q = _question_for(task.needle_spans, i)
+                a = task.needle_spans[i].value + "\n"
+                if len(text) + len(q) + len(a) > self.seq_len:
+                    break
+                text += q
+                answers.append((len(text), len(text) + len(a)))
+                text += a
+            start = rng.randrange(max(1, len(self._text) - self.seq_len))
+            text += ("\n\n" + self._text[start:start + self.seq_len])[:self.seq_len - len(text)]
+        return task, text, answers
+
+    def sample(self, index: int, answers: bool = False):
         """``(tokens [seq_len + 1] int64, loss_mask [seq_len] float32, kind)`` of sample
-        ``index``."""
+        ``index``; with ``answers=True`` also the answer mask ``[seq_len]`` (1.0 on answer
+        targets)."""
         import torch
 
-        task = self.task(index)
+        task, text, spans = self.compose(index)
         mask = np.ones(self.seq_len, dtype=np.float32)
+        amask = np.zeros(self.seq_len, dtype=np.float32)
         if task is None:
             rng = self._rng(index)
             rng.random()                                  # the task draw
             start = rng.randrange(len(self._stream) - self.seq_len)
             tokens = self._stream[start:start + self.seq_len + 1].astype(np.int64)
-            return torch.from_numpy(tokens), torch.from_numpy(mask), "text"
-        tokens = np.concatenate([[BOS_ID], _encode_array(task.text)]).astype(np.int64)
-        # mask[j] weighs target tokens[j + 1], i.e. prompt byte j
-        mask[len(task.prompt):task.context_len] = self.answer_weight
-        if self.mask_needle_values:
-            for s in task.needle_spans:
-                mask[s.value_start:s.value_end] = 0.0
-        return torch.from_numpy(tokens), torch.from_numpy(mask), task.kind
+            kind = "text"
+        else:
+            tokens = np.concatenate([[BOS_ID], _encode_array(text)]).astype(np.int64)
+            # mask[j] weighs target tokens[j + 1], i.e. text byte j
+            for a, b in spans:
+                mask[a:b] = self.answer_weight
+                amask[a:b] = 1.0
+            if self.mask_needle_values:
+                for s in task.needle_spans:
+                    mask[s.value_start:s.value_end] = 0.0
+            kind = task.kind
+        out = (torch.from_numpy(tokens), torch.from_numpy(mask), kind)
+        return out + (torch.from_numpy(amask),) if answers else out
 
     def batch(self, step: int, batch_size: int | None = None) -> MixBatch:
         """Batch ``step``: samples ``step * B .. step * B + B - 1``."""
@@ -718,9 +786,9 @@ class TrainingMix:
         b = batch_size or self.batch_size
         if not b:
             raise ValueError("give a batch_size")
-        rows = [self.sample(step * b + r) for r in range(b)]
+        rows = [self.sample(step * b + r, answers=True) for r in range(b)]
         return MixBatch(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]),
-                        tuple(r[2] for r in rows))
+                        tuple(r[2] for r in rows), torch.stack([r[3] for r in rows]))
 
     # -- iteration and resuming ---------------------------------------------------------------
     def __iter__(self):
