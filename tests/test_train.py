@@ -21,9 +21,36 @@ def test_smoke_training_loss_falls_and_all_losses_are_present(tmp_path):
     last = sum(r["lm"] for r in h[-4:]) / 4
     assert last < first - 0.5, (first, last)
     assert all("mtp" in r and "indexer_kl" in r for r in h)
+    assert any("answer" in r for r in h) and all(0 <= r.get("answer_acc", 0) <= 1 for r in h)
     assert h[0]["dense_csa"] and not h[-1]["dense_csa"]
     log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 25))
+
+
+def test_answer_loss_is_the_mean_over_answer_tokens_only():
+    import torch.nn.functional as F
+
+    from v4lab.config import V4Config
+    from v4lab.model import V4Model
+    from v4lab.train import losses
+
+    model = V4Model(V4Config.preset("tiny"), numerics="hf", seed=0)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(3, model.config.vocab_size, (2, 41), generator=g)
+    mask = torch.ones(2, 40)
+    amask = torch.zeros(2, 40)
+    amask[0, 30:36] = 1
+    amask[1, 10:12] = 1
+    out = losses(model, tokens, mask, False, 0.0, 0.0, autocast=False, answer_mask=amask, answer_weight=2.0)
+    logits = model(tokens[:, :-1])
+    ce = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(2, 40)
+    assert torch.allclose(out["answer"], ce[amask > 0].mean(), atol=1e-5)
+    assert torch.allclose(out["lm"], ce.mean(), atol=1e-5)
+    assert torch.allclose(out["total"], out["lm"] + 2.0 * out["answer"], atol=1e-5)
+    hits = (logits.argmax(-1) == tokens[:, 1:])[amask > 0].float().mean()
+    assert float(out["answer_acc"]) == float(hits)
+    none = losses(model, tokens, mask, False, 0.0, 0.0, autocast=False, answer_mask=torch.zeros(2, 40))
+    assert "answer" not in none and torch.allclose(none["total"], none["lm"])
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):

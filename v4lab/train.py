@@ -3,8 +3,12 @@
 The recipe (README "Training flash-mini" has the exact command of the shipped model):
 
 * data: ``v4lab.data.TrainingMix``: windows of Shakespeare / KJV text mixed with needle,
-  multi-needle and multi-round-recall tasks at the training length; answer tokens weighted up;
-* loss: next-token cross-entropy + ``mtp_weight`` x the MTP block's next-next-token loss +
+  multi-needle and multi-round-recall tasks at the training length, multi-fact tasks followed by
+  more questions about their other facts; optionally a last phase on longer sequences
+  (``--long-from``, ``--long-seq-len``) with the same tokens per step;
+* loss: next-token cross-entropy + ``answer_loss`` x the mean cross-entropy of the answer tokens
+  alone (a few dozen tokens in a batch of thousands: inside the plain mean their gradient would be
+  too weak to teach retrieval) + ``mtp_weight`` x the MTP block's next-next-token loss +
   ``indexer_weight`` x the Lightning Indexer's KL loss;
 * the indexer has no gradient through top-k, so it gets its own signal, as DeepSeek did for DSA:
   KL(main attention's distribution over compressed entries || softmax of the indexer scores),
@@ -97,7 +101,12 @@ def weighted_ce(logits, targets, weights):
 
 
 def losses(model: V4Model, tokens: torch.Tensor, mask: torch.Tensor, dense_csa: bool, mtp_weight: float,
-           indexer_weight: float, autocast: bool = True) -> dict:
+           indexer_weight: float, autocast: bool = True, answer_mask: torch.Tensor | None = None,
+           answer_weight: float = 0.0) -> dict:
+    """The training losses of one batch.  ``lm`` is the mask-weighted next-token loss; with an
+    ``answer_mask``, ``answer`` is the mean loss over answer tokens alone (added to the total
+    with ``answer_weight``, so retrieval is trained with the same strength however few answer
+    tokens a batch has) and ``answer_acc`` the fraction of them predicted right."""
     x, y = tokens[:, :-1], tokens[:, 1:]
     ctx = ForwardContext(dense_csa=dense_csa, indexer_loss=indexer_weight > 0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -106,9 +115,16 @@ def losses(model: V4Model, tokens: torch.Tensor, mask: torch.Tensor, dense_csa: 
         if mtp_weight > 0 and len(model.mtp):
             mlog = model.mtp_logits(H[:, :-1], y[:, :-1])
             out["mtp"] = weighted_ce(mlog, y[:, 1:], mask[:, 1:])
+    total = out["lm"] + mtp_weight * out.get("mtp", 0.0)
+    if answer_mask is not None and answer_mask.sum() > 0:
+        out["answer"] = weighted_ce(logits, y, answer_mask)
+        sel = answer_mask > 0
+        out["answer_acc"] = (logits.detach().argmax(-1)[sel] == y[sel]).float().mean()
+        total = total + answer_weight * out["answer"]
     if ctx.losses:
         out["indexer_kl"] = torch.stack(ctx.losses).mean()
-    out["total"] = out["lm"] + mtp_weight * out.get("mtp", 0.0) + indexer_weight * out.get("indexer_kl", 0.0)
+        total = total + indexer_weight * out["indexer_kl"]
+    out["total"] = total
     return out
 
 
@@ -144,8 +160,17 @@ def train(args) -> dict:
     cfg = V4Config.preset(args.preset, max_position_embeddings=V4Config.preset(args.preset).max_position_embeddings)
     model = V4Model(cfg, numerics=args.numerics, seed=args.seed)
     opts = make_optimizers(model, args.optimizer, args.lr, args.muon_lr)
-    mix = TrainingMix(load_documents("train"), args.seq_len, task_fraction=args.task_fraction, seed=args.seed,
-                      batch_size=args.batch, answer_weight=args.answer_weight)
+    docs = load_documents("train")
+
+    def make_mix(seq_len, batch):
+        return TrainingMix(docs, seq_len, task_fraction=args.task_fraction, seed=args.seed, batch_size=batch,
+                           answer_weight=args.answer_weight, follow_ups=args.follow_ups,
+                           task_weights=dict(zip(("needle", "multi_needle", "mrcr"), args.task_weights)))
+
+    mix = make_mix(args.seq_len, args.batch)
+    # the long phase: same tokens per step in fewer, longer sequences
+    long_mix = make_mix(args.long_seq_len, max(1, args.batch * args.seq_len // args.long_seq_len)) \
+        if args.long_from is not None else None
     step, elapsed_before = 0, 0.0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
@@ -177,14 +202,16 @@ def train(args) -> dict:
         if elapsed_before + time.perf_counter() - t0 > budget:
             print("time budget reached")
             break
-        batch = mix.batch(step)
+        long_phase = long_mix is not None and step >= args.long_from
+        batch = (long_mix if long_phase else mix).batch(step)
         f = lr_factor(step, total, args.warmup)
         for o in opts:
             for g in o.param_groups:
                 g.setdefault("base_lr", g["lr"])
                 g["lr"] = g["base_lr"] * f
         dense = step < args.dense_warmup
-        ls = losses(model, batch.tokens, batch.loss_mask, dense, args.mtp_weight, args.indexer_weight, not args.no_autocast)
+        ls = losses(model, batch.tokens, batch.loss_mask, dense, args.mtp_weight, args.indexer_weight,
+                    not args.no_autocast, batch.answer_mask, args.answer_loss)
         for o in opts:
             o.zero_grad(set_to_none=True)
         ls["total"].backward()
@@ -194,12 +221,14 @@ def train(args) -> dict:
         update_router_bias(model, args.bias_speed)
         step += 1
         rec = {"step": step, "elapsed": round(elapsed_before + time.perf_counter() - t0, 1), "dense_csa": dense,
+               "seq_len": batch.tokens.shape[1] - 1,
                **{k: round(float(v.detach() if torch.is_tensor(v) else v), 4) for k, v in ls.items()}}
         history.append(rec)
         log.write(json.dumps(rec) + "\n")
         log.flush()
         bar.update(1)
-        bar.set_postfix(lm=f"{rec['lm']:.3f}", kl=f"{rec.get('indexer_kl', 0):.3f}")
+        bar.set_postfix(lm=f"{rec['lm']:.3f}", ans=f"{rec.get('answer_acc', 0):.2f}",
+                        kl=f"{rec.get('indexer_kl', 0):.3f}")
         if time.perf_counter() - last_save > args.save_every_min * 60:
             save()
             last_save = time.perf_counter()
@@ -221,10 +250,18 @@ def build_parser():
     p.add_argument("--out", default="runs/flash-mini")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--minutes", type=float, default=0, help="stop after this much training time (0: no limit)")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--task-fraction", type=float, default=0.5)
-    p.add_argument("--answer-weight", type=float, default=4.0)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--long-from", type=int, default=None, metavar="STEP",
+                   help="from this step on, train on --long-seq-len sequences (same tokens per step)")
+    p.add_argument("--long-seq-len", type=int, default=2048)
+    p.add_argument("--task-fraction", type=float, default=0.8)
+    p.add_argument("--task-weights", type=float, nargs=3, default=(0.3, 0.5, 0.2), metavar=("NEEDLE", "MULTI", "MRCR"),
+                   help="relative frequency of needle, multi-needle and multi-round-recall tasks")
+    p.add_argument("--follow-ups", type=int, default=3, help="extra questions after a multi-fact task's answer")
+    p.add_argument("--answer-weight", type=float, default=1.0, help="weight of answer tokens inside the lm loss")
+    p.add_argument("--answer-loss", type=float, default=1.0,
+                   help="weight of the separate mean loss over answer tokens")
     p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon")
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     p.add_argument("--muon-lr", type=float, default=0.02)
