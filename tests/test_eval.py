@@ -3,7 +3,7 @@ import torch
 
 from v4lab import V4Config
 from v4lab.bench import fit_exponent
-from v4lab.eval import bits_per_byte, needle_accuracy, speculative_generate
+from v4lab.eval import bits_per_byte, needle_accuracy, needle_picks, speculative_generate
 from v4lab.generate import generate
 from v4lab.model import V4Model
 
@@ -33,6 +33,26 @@ def test_needle_accuracy_scores_exact_matches_and_records_recall():
     assert set(rec) == {1, 3}  # the two CSA layers
     for r in rec.values():
         assert 0 <= r["recall"] <= 1 and 0 < r["chance"] <= 1
+
+
+def test_needle_picks_counts_steps_whose_top_k_holds_the_needle_block():
+    from v4lab.data import make_needle_task
+
+    cfg = V4Config.preset("tiny", vocab_size=320, index_topk=2)
+    text = "It was a bright cold day in April, and the clocks were striking thirteen. " * 40
+    task = make_needle_task(text, 399, 3, depth=0.5, position_offset=1)
+    span = task.needle_spans[0]
+    first = (span.value_start + 1) // 4           # entry of the value's first byte (BOS in front)
+    last = span.value_end // 4                    # entry of its last byte
+    far = 2 if first > 10 else last + 20
+    sel = torch.tensor([[[far, first], [far, far + 1], [last, -1]]])     # [1, steps, k]; -1: no pick
+    records = {1: {"kind": "csa", "sel": [sel], "pos": [torch.tensor([399, 400, 401])]},
+               2: {"kind": "hca", "sel": [], "pos": []}}
+    got = needle_picks(records, task, cfg)
+    assert set(got) == {1} and (got[1]["hits"], got[1]["steps"]) == (2, 3)
+    n_needle = last - first + 1
+    expect = sum(n_needle * 2 / ((p + 1) // 4) for p in (399, 400, 401)) / 3
+    assert abs(got[1]["chance"] - expect) < 1e-12
 
 
 def test_bits_per_byte_of_a_random_model_is_near_uniform():

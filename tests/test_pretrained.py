@@ -30,6 +30,9 @@ def test_shipped_model_reproduces_its_recorded_figures():
     from v4lab.eval import quick_check
 
     recorded = json.loads((weights_dir() / "metrics.json").read_text())["quick_check"]
-    got = quick_check(load_flash_mini())
+    (needle_key,) = [k for k in recorded if k.startswith("needle_acc_")]
+    context_len = int(needle_key.split("_")[2])
+    got = quick_check(load_flash_mini(), context_len=context_len)
+    assert set(got) == set(recorded)
     assert abs(got["val_bpb_8x1024"] - recorded["val_bpb_8x1024"]) < 0.02
-    assert abs(got["needle_acc_1024_16"] - recorded["needle_acc_1024_16"]) <= 0.125
+    assert abs(got[needle_key] - recorded[needle_key]) <= 0.125        # 2 of 16 trials

@@ -28,6 +28,7 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
         threads: int | None = None, out=sys.stdout) -> dict:
     from .attention import ForwardContext
     from .data import BOS_ID, decode_ids, encode_text, long_document, make_needle_task
+    from .eval import needle_picks
     from .generate import prefill
     from .pretrained import load_flash_mini
 
@@ -73,6 +74,9 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
     kv = cache.nbytes(by_layer=True)
     dense = dense_cache_bytes(cfg, cache.pos, cache.dtype.itemsize)
     print(f"expected {task.value}: {'correct' if ok else 'wrong'}", file=out)
+    for layer, r in needle_picks(ctx.records, task, cfg).items():
+        print(f"CSA layer {layer}: the needle's block was among the indexer's {cfg.index_topk} picks at "
+              f"{r['hits']} of {r['steps']} answer steps (chance {r['chance']:.2%} a step)", file=out)
     print(f"prefill: {n_prefill:,} tokens in {t1 - t0:.1f} s = {n_prefill / (t1 - t0):,.0f} tokens/s", file=out)
     print(f"decode: {steps} steps at {cache.pos:,} tokens of context in {t3 - t2:.2f} s = "
           f"{steps / (t3 - t2):.1f} tokens/s", file=out)
