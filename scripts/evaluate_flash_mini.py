@@ -1,6 +1,7 @@
 """Evaluate the shipped flash-mini and record its figures (data/flash-mini/metrics.json).
 
-    python scripts/evaluate_flash_mini.py [--lengths 1024,4096,16384,32768,65536] [--trials 4,4,2,1,1]
+    python scripts/evaluate_flash_mini.py [--train-len 512] [--lengths 512,2048,8192,16384,32768,65536]
+                                           [--trials 8,8,4,2,2,1]
 
 Needle accuracy over context lengths and depths on the validation documents and on a long
 English text that is not in data/, indexer recall of the needle block per CSA layer against
@@ -23,8 +24,9 @@ from v4lab.pretrained import load_flash_mini, weights_dir
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--lengths", default="1024,4096,16384,32768,65536")
-    p.add_argument("--trials", default="4,4,2,1,1")
+    p.add_argument("--train-len", type=int, default=512, help="the training sequence length")
+    p.add_argument("--lengths", default="512,2048,8192,16384,32768,65536")
+    p.add_argument("--trials", default="8,8,4,2,2,1", help="trials per depth, one per length")
     p.add_argument("--depths", default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--out", default=str(weights_dir() / "metrics.json"))
     p.add_argument("--figure", default="artifacts/needle_accuracy.png")
@@ -36,7 +38,7 @@ def main():
     depths = tuple(float(x) for x in a.depths.split(","))
     val = "\n\n".join(d.text for d in load_documents("val"))
     ext = external_text(70_000)
-    metrics = {"machine": "2-core CPU (the project's CI-class machine)", "quick_check": quick_check(model)}
+    metrics = {"machine": "2-core CPU (the project's CI-class machine)", "quick_check": quick_check(model, context_len=a.train_len)}
     print("quick check:", metrics["quick_check"], flush=True)
     needle, recall, ext_res = {}, {}, {}
     for L, n in zip([int(x) for x in a.lengths.split(",")], [int(x) for x in a.trials.split(",")]):
@@ -46,7 +48,7 @@ def main():
                      "answers": [(x["value"], x["answer"]) for x in r.trials]}
         recall[L] = r.recall()
         print(f"needle @ {L}: {r.accuracy:.0%} over {len(r.trials)} trials; recall {recall[L]}  [{time.perf_counter() - t:.0f} s]", flush=True)
-        if L in (1024, 16384) and len(ext) > L + 2048:
+        if L in (a.train_len, 16 * a.train_len) and len(ext) > L + 2048:
             e = needle_accuracy(model, ext, L, n_trials=n, depths=depths, seed=L + 1)
             ext_res[L] = {"accuracy": e.accuracy, "trials": len(e.trials)}
             print(f"  external text @ {L}: {e.accuracy:.0%}", flush=True)
@@ -70,7 +72,7 @@ def main():
                       "speedup_decode": t_plain / max(1e-9, spec.seconds - plain.prefill_seconds)}
     print("MTP:", metrics["mtp"], flush=True)
     Path(a.out).write_text(json.dumps(metrics, indent=1))
-    fig = plot_needle_accuracy({L: v["by_depth"] for L, v in needle.items()}, train_len=1024)
+    fig = plot_needle_accuracy({L: v["by_depth"] for L, v in needle.items()}, train_len=a.train_len)
     Path(a.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.figure, dpi=110, bbox_inches="tight")
     print(f"wrote {a.out} and {a.figure}")

@@ -25,7 +25,9 @@ def main(src: str, dst: str) -> None:
     for old in out.glob("*.safetensors"):
         old.unlink()
     save_checkpoint(model.eval(), out, format="official")
-    files = sorted(p for p in out.iterdir() if p.suffix in (".safetensors", ".json"))
+    # the checkpoint itself: weights, their index and config.json (not the logs and metrics beside it)
+    files = sorted(p for p in out.iterdir()
+                   if p.suffix == ".safetensors" or p.name in ("model.safetensors.index.json", "config.json"))
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in files]
     (out / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     print(f"step {ck['step']}: wrote {', '.join(p.name for p in files)} to {out}")
