@@ -13,6 +13,7 @@ import torch
 
 from hf_oracle import hf_config, randomize
 from v4lab import V4Config
+from v4lab.config import FP8_QUANTIZATION
 from v4lab import safetensors_io as sio
 from v4lab.checkpoint import (
     CheckpointError,
@@ -29,21 +30,14 @@ from v4lab.streaming import StreamedModel, dispatch, layer_nbytes
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-FP8_QC = {
-    "quant_method": "fp8",
-    "fmt": "e4m3",
-    "scale_fmt": "ue8m0",
-    "weight_block_size": [128, 128],
-    "activation_scheme": "dynamic",
-}
 # dims below one 128 block: every FP8 scale is [1, 1] (partial blocks, ceil-div)
-TINY_Q = V4Config.preset("tiny", quantization_config=FP8_QC, expert_dtype="fp4")
+TINY_Q = V4Config.preset("tiny", quantization_config=FP8_QUANTIZATION, expert_dtype="fp4")
 # dims that are multiples of 128 in places: several full FP8 blocks per weight, plus partial ones
 BLOCKY = V4Config.preset(
     "tiny", hidden_size=256, q_lora_rank=256, num_attention_heads=4, head_dim=64, qk_rope_head_dim=16,
     o_groups=2, o_lora_rank=128, moe_intermediate_size=128, index_n_heads=16, index_head_dim=16,
     num_hidden_layers=3, compress_ratios=[4, 8, 0, 0], num_hash_layers=1, torch_dtype="bfloat16",
-    quantization_config=FP8_QC, expert_dtype="fp4")
+    quantization_config=FP8_QUANTIZATION, expert_dtype="fp4")
 
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 LUT = torch.cat([E2M1, -E2M1])
@@ -455,24 +449,23 @@ def bad_scale_shape(folder):
     return fname, name
 
 
-def nan_scale(folder):
-    name = "layers.3.attn.wo_b.scale"
+def nan_byte(folder, name, offset):
+    """Overwrite byte ``offset`` of tensor ``name``'s payload with 0xff (a ue8m0 NaN scale): only
+    the payload can tell."""
     fname = shard_of(folder, name)
     t = sio.read_header(os.path.join(folder, fname)).tensors[name]
     with open(os.path.join(folder, fname), "r+b") as f:
-        f.seek(t.file_offset)
-        f.write(b"\xff")                                  # ue8m0 NaN: only the payload can tell
+        f.seek(t.file_offset + offset)
+        f.write(b"\xff")
     return fname, name
+
+
+def nan_scale(folder):
+    return nan_byte(folder, "layers.3.attn.wo_b.scale", 0)
 
 
 def nan_expert_scale(folder):
-    name = "layers.1.ffn.experts.2.w3.scale"
-    fname = shard_of(folder, name)
-    t = sio.read_header(os.path.join(folder, fname)).tensors[name]
-    with open(os.path.join(folder, fname), "r+b") as f:
-        f.seek(t.file_offset + 5)
-        f.write(b"\xff")
-    return fname, name
+    return nan_byte(folder, "layers.1.ffn.experts.2.w3.scale", 5)
 
 
 CORRUPTIONS = {

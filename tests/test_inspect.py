@@ -18,7 +18,7 @@ from v4lab.checkpoint import (
     write_checkpoint,
     write_synthetic_checkpoint,
 )
-from v4lab.config import V4Config
+from v4lab.config import FP8_QUANTIZATION, V4Config
 from v4lab.quant import dequant_fp4_experts, dequant_fp8_block, quant_fp4, quant_fp8_block
 from v4lab.safetensors_io import (
     SafetensorsError,
@@ -31,13 +31,6 @@ from v4lab.safetensors_io import (
     write_sharded_header_only,
 )
 
-FP8_QC = {
-    "quant_method": "fp8",
-    "fmt": "e4m3",
-    "scale_fmt": "ue8m0",
-    "weight_block_size": [128, 128],
-    "activation_scheme": "dynamic",
-}
 
 
 def near(x, target, rel=0.01):
@@ -141,7 +134,7 @@ def test_hf_names_and_shapes_match_transformers():
 
 
 def test_official_layout_generalises_to_small_configs():
-    cfg = V4Config.preset("tiny", quantization_config=FP8_QC, expert_dtype="fp4")
+    cfg = V4Config.preset("tiny", quantization_config=FP8_QUANTIZATION, expert_dtype="fp4")
     exp = expected_tensors(cfg, "official")
     # [N, K] FP8 weights get ceil(N/128) x ceil(K/128) scales even when smaller than a block
     assert exp["layers.0.attn.wq_b.weight"] == ("F8_E4M3", (4 * 32, 32))
@@ -163,7 +156,7 @@ def test_official_layout_generalises_to_small_configs():
 # problems are reported with file and tensor names
 # ------------------------------------------------------------------------------------------------
 def small_cfg():
-    return V4Config.preset("tiny", quantization_config=FP8_QC, expert_dtype="fp4")
+    return V4Config.preset("tiny", quantization_config=FP8_QUANTIZATION, expert_dtype="fp4")
 
 
 def write_small(folder, tensors, n_shards=3):

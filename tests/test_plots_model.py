@@ -190,4 +190,6 @@ def test_plot_scaling():
     assert all(len(ax.lines) == 2 for ax in fig.axes)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2K", "4K", "8K"]
     assert len(mp.plot_scaling(rows, speed="decode_tok_s").axes) == 2
-    assert mp._short_len(2**20) == "1M" and mp._short_len(1000) == "1,000"
+    from v4lab.plots._common import short_len
+
+    assert short_len(2**20) == "1M" and short_len(1000) == "1,000"

@@ -36,3 +36,20 @@ def test_shipped_model_reproduces_its_recorded_figures():
     assert set(got) == set(recorded)
     assert abs(got["val_bpb_8x1024"] - recorded["val_bpb_8x1024"]) < 0.02
     assert abs(got[needle_key] - recorded[needle_key]) <= 0.125        # 2 of 16 trials
+
+
+def test_demo_answers_a_short_needle_and_reports_its_cache(tmp_path):
+    import io
+
+    from v4lab.demo import run
+
+    out = io.StringIO()
+    res = run(context=2048, depth=0.5, figure=str(tmp_path / "picks.png"), out=out)
+    text = out.getvalue()
+    cfg = load_flash_mini(verify=False).config
+    assert res["correct"] and res["answer"] == res["value"]           # 100% at 2K in metrics.json
+    assert f"answer: {res['value']}\n" in text and "expected" in text and "prefill:" in text
+    assert text.count("CSA layer") == cfg.layer_types.count("csa")
+    pos = 2048 - 1              # prompt (2048 minus the answer "ddddd\n") + the 5 digits fed back
+    assert res["dense_kv_bytes"] == cfg.num_hidden_layers * pos * cfg.head_dim * 4
+    assert res["kv_bytes"] < res["dense_kv_bytes"] and (tmp_path / "picks.png").stat().st_size > 0

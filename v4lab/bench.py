@@ -54,12 +54,12 @@ def _one_run(kind: str, length: int, decode_tokens: int, chunk: int, weights: bo
     ids = torch.randint(32, 32 + 128, (1, length + decode_tokens), generator=torch.Generator().manual_seed(1))
     cache = model.new_cache(1)
     from .attention import ForwardContext
+    from .generate import prefill
 
     ctx = ForwardContext(query_block=64 if kind == "dense" else 256)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for s0 in range(0, length, chunk):
-            model(ids[:, s0 : min(length, s0 + chunk)], cache=cache, ctx=ctx)
+        prefill(model, ids[:, :length], cache, chunk, progress=False, ctx=ctx)
         t1 = time.perf_counter()
         for i in range(decode_tokens):
             model(ids[:, length + i : length + i + 1], cache=cache, ctx=ctx)
@@ -116,6 +116,7 @@ def decode_main(argv=None):
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
     print(f"decode benchmark on CPU ({machine}); flash-mini with {'shipped' if weights else 'random'} weights")
     rows = []
+    summary = {"exponent_16k_128k": {}}
     jobs = [("flash-mini", L) for L in lengths] + [("dense", L) for L in dense_lengths]
     for kind, L in jobs:
         cmd = [sys.executable, "-m", "v4lab.bench", "decode", "--one", f"{kind}:{L}", "--decode-tokens",

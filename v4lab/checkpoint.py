@@ -1321,18 +1321,6 @@ def _model_config(model) -> V4Config:
     raise AttributeError("the model has no V4Config in .config; pass cfg=")
 
 
-def _cpu_rope_tables(model: nn.Module) -> None:
-    # MODEL HOOK: ``Rope`` keeps its frequency table as a plain tensor attribute made on the
-    # default device, so a model built on "meta" has meta tables that ``to_empty`` leaves alone;
-    # rebuild those on the CPU (they move to the activations' device when used).
-    from .attention import Attention
-    from .rope import Rope
-
-    for mod in model.modules():
-        if isinstance(mod, Attention) and getattr(mod.rope.inv_freq, "is_meta", False):
-            mod.rope = Rope(mod.cfg, compressed=bool(mod.ratio))
-
-
 def model_skeleton(cfg: V4Config, dtype: torch.dtype = torch.float32, numerics: str = "reference",
                    backend: str = "torch", experts: str = "dequantize") -> nn.Module:
     """A ``V4Model`` whose parameters and buffers all live on the meta device (no memory, any
@@ -1343,7 +1331,6 @@ def model_skeleton(cfg: V4Config, dtype: torch.dtype = torch.float32, numerics: 
     if experts not in EXPERT_MODES:
         raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
     model = V4Model(cfg, backend=backend, numerics=numerics, dtype=dtype, device="meta", init=False)
-    _cpu_rope_tables(model)
     if experts == "packed":
         pack_experts(model)
     return model
@@ -1398,8 +1385,6 @@ def load_checkpoint(
     initialised (``seed``).  ``strict=False`` lets missing and unexpected tensors through (the
     missing ones keep a fresh initialisation).  Returns the model.
     """
-    if isinstance(dtype, nn.Module):          # the older call form load_checkpoint(path, model)
-        model, dtype = dtype, torch.float32
     if experts not in EXPERT_MODES:
         raise ValueError(f"experts must be one of {EXPERT_MODES}, got {experts!r}")
     path = os.fspath(path)

@@ -31,6 +31,15 @@ HF_LAYER_TYPES = {
 }
 _FROM_HF_LAYER_TYPE = {v: k for k, v in HF_LAYER_TYPES.items()}
 
+# the shipped checkpoints' quantization_config: FP8 e4m3 weights with ue8m0 scales per 128x128 block
+FP8_QUANTIZATION = {
+    "quant_method": "fp8",
+    "fmt": "e4m3",
+    "scale_fmt": "ue8m0",
+    "weight_block_size": [128, 128],
+    "activation_scheme": "dynamic",
+}
+
 _YARN = {
     "type": "yarn",
     "factor": 16,
@@ -98,15 +107,7 @@ class V4Config:
     eos_token_id: int = 1
     torch_dtype: str = "bfloat16"
     expert_dtype: str | None = "fp4"
-    quantization_config: dict | None = field(
-        default_factory=lambda: {
-            "quant_method": "fp8",
-            "fmt": "e4m3",
-            "scale_fmt": "ue8m0",
-            "weight_block_size": [128, 128],
-            "activation_scheme": "dynamic",
-        }
-    )
+    quantization_config: dict | None = field(default_factory=lambda: copy.deepcopy(FP8_QUANTIZATION))
     attention_bias: bool = False
 
     # ------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class V4Config:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         kw = copy.deepcopy(PRESETS[name])
-        kw.update(overrides)
+        kw.update(copy.deepcopy(overrides))    # the config never shares a caller's dict or list
         return cls(**kw)
 
     def replace(self, **changes) -> "V4Config":

@@ -616,11 +616,10 @@ class MixBatch(NamedTuple):
 def _question_for(spans: Sequence[NeedleSpan], i: int) -> str:
     """The question whose answer is span ``i``'s value: a needle question when its key is unique
     among ``spans``, else a multi-round-recall question with its ordinal among that key's facts."""
-    same = [s for s in spans if s.key == spans[i].key]
+    same = [j for j, s in enumerate(spans) if s.key == spans[i].key]
     if len(same) == 1:
         return NEEDLE_QUESTION.format(key=spans[i].key)
-    k = [j for j, s in enumerate(spans) if s.key == spans[i].key].index(i) + 1
-    return MRCR_QUESTION.format(n=len(same), key=spans[i].key, ordinal=_ordinal(k))
+    return MRCR_QUESTION.format(n=len(same), key=spans[i].key, ordinal=_ordinal(same.index(i) + 1))
 
 
 # the most bytes one follow-up question and its answer can take, by kind of question

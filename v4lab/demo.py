@@ -12,6 +12,7 @@ Lightning Indexer selected in each CSA layer while the answer was produced.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -19,17 +20,12 @@ import time
 import torch
 
 
-def dense_cache_bytes(cfg, length: int, bytes_per_value: int) -> int:
-    """A plain causal-attention cache of the same widths: one K=V vector per token per layer."""
-    return cfg.num_hidden_layers * length * cfg.head_dim * bytes_per_value
-
-
 def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 2048, figure: str | None = None,
         threads: int | None = None, out=sys.stdout) -> dict:
-    from .attention import ForwardContext
+    from . import costs
+    from .bench import dense_config
     from .data import BOS_ID, decode_ids, encode_text, long_document, make_needle_task
-    from .eval import needle_picks
-    from .generate import prefill
+    from .eval import answer, needle_picks
     from .pretrained import load_flash_mini
 
     if threads:
@@ -45,54 +41,47 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
     print(f"hidden fact at depth {task.placed_depths[0]:.2f}: {task.prompt[task.needle_spans[0].start:task.needle_spans[0].end].strip()!r}", file=out)
     print(f"question: {question!r}", file=out)
 
-    ids = torch.tensor([[BOS_ID] + encode_text(task.prompt)])
+    ids = [BOS_ID] + encode_text(task.prompt)
+    newline = encode_text("\n")[0]
     cache = model.new_cache(1)
+    times = []                     # when each answer token was chosen
+
+    def stream(token: int) -> None:
+        if not times:              # after the prefill's progress bar
+            print("answer: ", end="", file=out, flush=True)
+        times.append(time.perf_counter())
+        if token != newline:
+            print(decode_ids([token]), end="", file=out, flush=True)
+
     t0 = time.perf_counter()
-    with torch.no_grad():
-        prefill(model, ids[:, :-1], cache, chunk, progress=True)
-        t1 = time.perf_counter()
-        ctx = ForwardContext(record=True)
-        logits = model(ids[:, -1:], cache=cache, ctx=ctx)[:, -1]
-        newline = encode_text("\n")[0]
-        answer = []
-        print("answer: ", end="", file=out, flush=True)
-        t2 = time.perf_counter()
-        steps = 0
-        for _ in range(12):
-            nxt = int(logits.argmax(-1))
-            answer.append(nxt)
-            if nxt == newline and decode_ids(answer).strip():
-                break  # a newline ends the answer once something was said
-            print(decode_ids([nxt]), end="", file=out, flush=True)
-            logits = model(torch.tensor([[nxt]]), cache=cache, ctx=ctx)[:, -1]
-            steps += 1
-        t3 = time.perf_counter()
+    answer_ids, records = answer(model, ids, 12, stop_id=newline, chunk=chunk, record=True, progress=True,
+                                 cache=cache, on_token=stream)
     print(file=out)
-    got = decode_ids(answer).strip()
+    got = decode_ids(answer_ids).strip()
     ok = got == task.value
-    n_prefill = ids.shape[1] - 1
+    n_prefill = len(ids) - 1
+    prefill_s = times[0] - t0                 # the prompt, and the forward of its last token
+    steps, decode_s = len(times) - 1, max(times[-1] - times[0], 1e-9)
     kv = cache.nbytes(by_layer=True)
-    dense = dense_cache_bytes(cfg, cache.pos, cache.dtype.itemsize)
+    dense = costs.kv_cache_bytes(dense_config(cfg, cache.pos), cache.pos, cache.dtype).total
     print(f"expected {task.value}: {'correct' if ok else 'wrong'}", file=out)
-    for layer, r in needle_picks(ctx.records, task, cfg).items():
+    for layer, r in needle_picks(records, task, cfg).items():
         print(f"CSA layer {layer}: the needle's block was among the indexer's {cfg.index_topk} picks at "
               f"{r['hits']} of {r['steps']} answer steps (chance {r['chance']:.2%} a step)", file=out)
-    print(f"prefill: {n_prefill:,} tokens in {t1 - t0:.1f} s = {n_prefill / (t1 - t0):,.0f} tokens/s", file=out)
-    print(f"decode: {steps} steps at {cache.pos:,} tokens of context in {t3 - t2:.2f} s = "
-          f"{steps / (t3 - t2):.1f} tokens/s", file=out)
+    print(f"prefill: {n_prefill:,} tokens in {prefill_s:.1f} s = {n_prefill / prefill_s:,.0f} tokens/s", file=out)
+    print(f"decode: {steps} steps at {cache.pos:,} tokens of context in {decode_s:.2f} s = "
+          f"{steps / decode_s:.1f} tokens/s", file=out)
     print(f"KV cache: {kv['total'] / 2**20:.1f} MiB (window {kv['window'] / 2**20:.1f}, compressed "
           f"{kv['compressed'] / 2**20:.1f}, indexer keys {kv['indexer'] / 2**20:.1f}, compressor state "
           f"{kv['state'] / 2**20:.2f}) vs a dense cache of the same model {dense / 2**20:.1f} MiB "
           f"({dense / kv['total']:.1f}x larger)", file=out)
-    result = {"correct": ok, "answer": got, "value": task.value, "prefill_tokens_per_s": n_prefill / (t1 - t0),
-              "decode_tokens_per_s": steps / (t3 - t2), "kv_bytes": kv["total"], "dense_kv_bytes": dense,
-              "records": ctx.records, "task": task}
+    result = {"correct": ok, "answer": got, "value": task.value, "prefill_tokens_per_s": n_prefill / prefill_s,
+              "decode_tokens_per_s": steps / decode_s, "kv_bytes": kv["total"], "dense_kv_bytes": dense,
+              "records": records, "task": task}
     if figure:
         from .plots.attention import plot_indexer_picks
 
-        fig = plot_indexer_picks(ctx.records, task, cfg)
-        import os
-
+        fig = plot_indexer_picks(records, task, cfg)
         os.makedirs(os.path.dirname(os.path.abspath(figure)), exist_ok=True)
         fig.savefig(figure, dpi=110, bbox_inches="tight")
         print(f"figure of the indexer's picks: {figure}", file=out)

@@ -51,10 +51,13 @@ class NeedleResult:
 
 @torch.no_grad()
 def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = None, chunk: int = 2048,
-           record: bool = False, progress: bool = False):
-    """Greedy answer to a prompt; returns (new ids, records of the answer steps or None)."""
+           record: bool = False, progress: bool = False, cache=None, on_token=None):
+    """Greedy answer to a prompt; returns (new ids, records of the answer steps or None).
+
+    ``cache``: an empty ``model.new_cache(1)`` to fill (to measure it afterwards), else a new one.
+    ``on_token(id)`` is called with each new token as soon as it is chosen (for streaming)."""
     ids = torch.tensor([prompt_ids], device=model.device)
-    cache = model.new_cache(1)
+    cache = model.new_cache(1) if cache is None else cache
     # everything but the last prompt token without recording, then the rest with records
     if ids.shape[1] > 1:
         prefill(model, ids[:, :-1], cache, chunk, progress)
@@ -64,6 +67,8 @@ def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = Non
     for _ in range(max_new):
         nxt = int(logits.argmax(-1))
         out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
         if nxt == stop_id or len(out) == max_new:
             break
         logits = model(torch.tensor([[nxt]], device=model.device), cache=cache, ctx=ctx)[:, -1]

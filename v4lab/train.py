@@ -1,6 +1,6 @@
 """Train flash-mini on a CPU: ``python -m v4lab.train --out runs/mini --minutes 50``.
 
-The recipe (README "Training flash-mini" has the exact command of the shipped model):
+The recipe (``data/flash-mini/README.md`` has the exact command of the shipped model):
 
 * data: ``v4lab.data.TrainingMix``: windows of Shakespeare / KJV text mixed with needle,
   multi-needle and multi-round-recall tasks at the training length, multi-fact tasks followed by
@@ -150,7 +150,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 def train(args) -> dict:
     from tqdm.auto import tqdm
 
-    from .data import TrainingMix, load_documents
+    from .data import TASK_KINDS, TrainingMix, load_documents
 
     torch.manual_seed(args.seed)
     if args.threads:
@@ -165,7 +165,7 @@ def train(args) -> dict:
     def make_mix(seq_len, batch):
         return TrainingMix(docs, seq_len, task_fraction=args.task_fraction, seed=args.seed, batch_size=batch,
                            answer_weight=args.answer_weight, follow_ups=args.follow_ups,
-                           task_weights=dict(zip(("needle", "multi_needle", "mrcr"), args.task_weights)))
+                           task_weights=dict(zip(TASK_KINDS, args.task_weights)))
 
     mix = make_mix(args.seq_len, args.batch)
     # the long phase: same tokens per step in fewer, longer sequences

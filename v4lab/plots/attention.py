@@ -9,14 +9,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ._common import fig_ax
+
 KIND_COLORS = {"window": "#4C72B0", "csa": "#DD8452", "hca": "#55A868", "sink": "#8C8C8C"}
-
-
-def _fig_ax(ax, size=(5, 4)):
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=size)
-    return fig, fig.add_subplot(1, 1, 1)
 
 
 def visibility_mask(kind: str, length: int, window: int, ratio: int = 0, selected=None) -> np.ndarray:
@@ -27,19 +22,14 @@ def visibility_mask(kind: str, length: int, window: int, ratio: int = 0, selecte
     'csa': plus the tokens of the entries in ``selected[t]`` (lists of entry ids; default: all
     complete entries, i.e. top-k covering everything).  Entry j of CSA pools block j and the first
     half of the channels of block j-1 (8 tokens); HCA entry j pools block j."""
+    from .model import receptive_field          # the one statement of what each layer type reads
+
     M = np.zeros((length, length), dtype=np.int8)
     for t in range(length):
-        lo = max(0, t - window + 1)
-        M[t, lo : t + 1] = 1
-        if kind == "window":
-            continue
-        n_complete = (t + 1) // ratio
-        entries = range(n_complete) if selected is None else [j for j in selected[t] if 0 <= j < n_complete]
-        for j in entries:
-            first = max(0, (j - 1) * ratio) if kind == "csa" else j * ratio
-            for s in range(first, (j + 1) * ratio):
-                if M[t, s] == 0:
-                    M[t, s] = 2
+        rf = receptive_field(kind, t, window, ratio, None if selected is None else selected[t])
+        for a, b in rf["compressed"]:
+            M[t, a:b] = 2
+        M[t, rf["window"][0]:rf["window"][1]] = 1
     return M
 
 
@@ -124,7 +114,7 @@ def attention_mass(records: dict) -> dict:
 def plot_attention_mass(records: dict, ax=None) -> Figure:
     """Stacked bars: where each layer's attention goes (window vs compressed vs sink)."""
     mass = attention_mass(records)
-    fig, ax = _fig_ax(ax, (7, 3.5))
+    fig, ax = fig_ax(ax, (7, 3.5))
     layers = list(mass)
     bottom = np.zeros(len(layers))
     for part, color in (("window", KIND_COLORS["window"]), ("compressed", KIND_COLORS["csa"]), ("sink", KIND_COLORS["sink"])):

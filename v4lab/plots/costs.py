@@ -9,6 +9,7 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 from .. import costs
+from ._common import fig_ax, short_len
 
 # drawing order, colour and line style of the compared models
 _STYLE = {
@@ -27,23 +28,8 @@ def default_context_lens() -> list[int]:
     return sorted({int(round(2 ** (10 + i / 4))) for i in range(41)})
 
 
-def _axes(ax, figsize):
-    if ax is None:
-        fig = Figure(figsize=figsize, layout="constrained")
-        ax = fig.add_subplot()
-    return ax.figure, ax
-
-
-def _short(L: int) -> str:
-    if L % ONE_M == 0:
-        return f"{L // ONE_M}M"
-    if L % 1024 == 0:
-        return f"{L // 1024}K"
-    return f"{L:,}"
-
-
 def _ratio_note(key, name, model_ratio, L, report, verb):
-    text = f"at {_short(L)}: {name} {model_ratio:.2f}x {verb} than V3.2"
+    text = f"at {short_len(L)}: {name} {model_ratio:.2f}x {verb} than V3.2"
     if L == ONE_M and key in report:
         text += f" (report: {report[key]}x)"
     return text
@@ -70,7 +56,7 @@ def _curves(ax, lens, value, report, verb, ylabel):
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ticks = [L for L in (2**k for k in range(10, 31, 2)) if lens[0] <= L <= lens[-1]]
-    ax.set_xticks(ticks, [_short(t) for t in ticks])
+    ax.set_xticks(ticks, [short_len(t) for t in ticks])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
@@ -82,7 +68,7 @@ def plot_kv_cache(context_lens=None, storage="deployed", indexer_storage="fp4", 
     baseline, log-log, with the V4 ratios to V3.2 at the longest context next to the report's
     9.5x (Pro) / 13.7x (Flash) when that context is 1M."""
     lens = sorted(default_context_lens() if context_lens is None else list(context_lens))
-    fig, ax = _axes(ax, (7, 4.5))
+    fig, ax = fig_ax(ax, (7, 4.5))
     _curves(
         ax, lens,
         lambda m, L: costs.kv_cache_bytes(m, L, storage, indexer_storage).total / costs.GB,
@@ -97,7 +83,7 @@ def plot_decode_flops(context_lens=None, weighting="fp8-equivalent", ax=None) ->
     GQA-8 baseline, log-log, with the V4 ratios to V3.2 at the longest context next to the
     report's 3.7x (Pro) / 9.8x (Flash) when that context is 1M."""
     lens = sorted(default_context_lens() if context_lens is None else list(context_lens))
-    fig, ax = _axes(ax, (7, 4.5))
+    fig, ax = fig_ax(ax, (7, 4.5))
     _curves(
         ax, lens,
         lambda m, L: costs.decode_flops(m, L, weighting).total / 1e9,
@@ -115,7 +101,7 @@ def plot_layer_breakdown(cfg, context_len, storage="deployed", indexer_storage="
     biggest = max(row["total"] for row in kv.per_layer)
     unit, scale = next((u, s) for u, s in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if biggest >= s)
     n = len(kv.per_layer)
-    fig, ax = _axes(ax, (max(6.0, 0.16 * n + 2), 4))
+    fig, ax = fig_ax(ax, (max(6.0, 0.16 * n + 2), 4))
     x = list(range(n))
     bottom = [0.0] * n
     for part in costs.PARTS:
@@ -149,7 +135,7 @@ def plot_measured_cache(measured, ax=None) -> Figure:
         key = (row["name"], str(row["storage"]), row.get("indexer_storage", "fp4"))
         groups.setdefault(key, {"cfg": row["cfg"], "storage": row["storage"], "points": []})
         groups[key]["points"].append((row["context_len"], row["bytes"]))
-    fig, ax = _axes(ax, (7, 4.2))
+    fig, ax = fig_ax(ax, (7, 4.2))
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
               "tab:olive", "tab:cyan", "tab:gray"]
     for i, ((name, storage, ist), g) in enumerate(groups.items()):
@@ -186,7 +172,7 @@ def plot_kernel_timings(report: dict, mode: str = "decode", backend: str | None 
     for r in results:
         if r["backend"] == backend and r["kernel"] not in names and (kernels is None or r["kernel"] in kernels):
             names.append(r["kernel"])
-    fig, ax = _axes(ax, (8, 4.5))
+    fig, ax = fig_ax(ax, (8, 4.5))
     for i, name in enumerate(names):
         pts = sorted((r["context"], r["ms"]) for r in results if r["kernel"] == name and r["backend"] == backend)
         lw, z = (2.2, 3) if name == "csa_layer" else (1.0, 2)
@@ -200,7 +186,7 @@ def plot_kernel_timings(report: dict, mode: str = "decode", backend: str | None 
     ax.set_yscale("log")
     ctx = sorted({r["context"] for r in results})
     if ctx:
-        ax.set_xticks(ctx, [_short(L) for L in ctx])
+        ax.set_xticks(ctx, [short_len(L) for L in ctx])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("ms per call (median)")
     where = "PyTorch path" if backend == "torch" else "Triton kernels"

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
+from ._common import fig_ax, short_len
 from .attention import KIND_COLORS
 
 SCHEDULE_COLORS = {"S": KIND_COLORS["window"], "C": KIND_COLORS["csa"], "H": KIND_COLORS["hca"]}
@@ -26,13 +27,6 @@ def _np(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
     return np.asarray(x)
-
-
-def _fig_ax(ax, size):
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.add_subplot(1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +77,7 @@ def plot_cache_by_layer(by_layer: dict, dense_total: int | None = None, ax=None)
     """Stacked bars of a cache's bytes per layer (``V4Cache.nbytes(by_layer=True)``): window
     ring, compressed entries, indexer keys, compressor state; ``dense_total`` (bytes of a dense
     cache of the same length, per layer) as a dashed line."""
-    fig, ax = _fig_ax(ax, (7, 3.4))
+    fig, ax = fig_ax(ax, (7, 3.4))
     rows = by_layer["layers"]
     parts = [("window", KIND_COLORS["window"]), ("compressed", KIND_COLORS["csa"]),
              ("indexer", "#C44E52"), ("state", KIND_COLORS["sink"])]
@@ -216,7 +210,7 @@ def plot_indexer_scores(scores, positions, picks=None, ratio: int = 4, window: i
     (:func:`standardize_rows`)."""
     S = _np(scores).astype(float)
     pos = _np(positions).astype(int)
-    fig, ax = _fig_ax(ax, (8, 4.5))
+    fig, ax = fig_ax(ax, (8, 4.5))
     shown = standardize_rows(S) if standardize else np.where(np.isfinite(S), S, np.nan)
     im = ax.imshow(shown, aspect="auto", cmap="magma", interpolation="nearest",
                    extent=(-0.5, S.shape[1] - 0.5, S.shape[0] - 0.5, -0.5))
@@ -314,7 +308,7 @@ def plot_receptive_fields(t: int, window: int, csa_ratio: int = 4, hca_ratio: in
     """How far back each layer type reads for a query at position t: window-only (the last
     ``window`` tokens), CSA (window + the picked 8-token windows), HCA (window + every complete
     128-token block, each as one entry)."""
-    fig, ax = _fig_ax(ax, (10, 2.8))
+    fig, ax = fig_ax(ax, (10, 2.8))
     rows = [("window-only", receptive_field("window", t, window), KIND_COLORS["window"]),
             ("CSA", receptive_field("csa", t, window, csa_ratio, csa_picks), KIND_COLORS["csa"]),
             ("HCA", receptive_field("hca", t, window, hca_ratio), KIND_COLORS["hca"])]
@@ -334,7 +328,7 @@ def plot_receptive_fields(t: int, window: int, csa_ratio: int = 4, hca_ratio: in
 def plot_probe(results: dict, metric: str = "accuracy", chance: dict | None = None, ax=None) -> Figure:
     """Bars of linear-probe scores: ``results`` {probe name: {representation: score}}; one group
     of bars per probe, one bar per representation; ``chance`` {probe name: chance level}."""
-    fig, ax = _fig_ax(ax, (8, 3.4))
+    fig, ax = fig_ax(ax, (8, 3.4))
     probes = list(results)
     reps = []
     for p in probes:
@@ -386,7 +380,7 @@ def sinkhorn_trace(logits, iters: int, eps: float) -> dict:
 
 def plot_sinkhorn_convergence(row_err, col_err, shipped_iters: int | None = 20, ax=None) -> Figure:
     """Largest |row sum - 1| and |column sum - 1| after each Sinkhorn iteration (log scale)."""
-    fig, ax = _fig_ax(ax, (6, 3.4))
+    fig, ax = fig_ax(ax, (6, 3.4))
     it = np.arange(1, len(row_err) + 1)
     ax.semilogy(it, np.maximum(row_err, 1e-17), "o-", ms=3, label="max |row sum - 1|")
     ax.semilogy(it, np.maximum(col_err, 1e-17), "s-", ms=3, label="max |column sum - 1|")
@@ -457,15 +451,6 @@ def plot_expert_load(loads: dict, hash_layers=(), ax=None) -> Figure:
 # ----------------------------------------------------------------------------------------------
 # 08: measured scaling
 # ----------------------------------------------------------------------------------------------
-def _short_len(L: int) -> str:
-    """4096 -> '4K', 1048576 -> '1M', 1000 -> '1000'."""
-    if L >= 2**20 and L % 2**20 == 0:
-        return f"{L // 2**20}M"
-    if L >= 1024 and L % 1024 == 0:
-        return f"{L // 1024}K"
-    return f"{L:,}"
-
-
 def plot_scaling(rows, speed: str = "prefill_tok_s") -> Figure:
     """Two panels against context length (log-log): tokens per second (``speed``: the
     ``prefill_tok_s`` or ``decode_tok_s`` key) and cache bytes, one line per model.  ``rows``:
@@ -490,7 +475,7 @@ def plot_scaling(rows, speed: str = "prefill_tok_s") -> Figure:
 
     lengths = sorted({r["length"] for r in rows})
     for ax in (ax_s, ax_c):
-        ax.set_xticks(lengths, [_short_len(L) for L in lengths])
+        ax.set_xticks(lengths, [short_len(L) for L in lengths])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(ScalarFormatter())
     ax_s.set_ylabel("tokens / s" + (" (prefill)" if speed.startswith("prefill") else " (decode)"))
@@ -530,7 +515,7 @@ def mass_by_position(records: dict, bins: int = 16) -> dict:
 def plot_mass_by_position(records: dict, bins: int = 16, ax=None) -> Figure:
     """Share of attention on compressed entries against the query's position, one line per CSA /
     HCA layer: how much the layers read beyond the window as the context grows."""
-    fig, ax = _fig_ax(ax, (7, 3.4))
+    fig, ax = fig_ax(ax, (7, 3.4))
     styles, seen = ("-", "--", ":", "-."), {}
     for layer, row in mass_by_position(records, bins).items():
         if row["kind"] == "window":

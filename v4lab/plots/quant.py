@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .. import quant
+from ._common import fig_ax
 
 
 def e4m3_values() -> dict:
@@ -90,9 +91,7 @@ def plot_block_roundtrip(x, fmt: str = "fp4", block: int = 32, ax=None) -> Figur
         qmax = quant.E4M3_MAX
     else:
         raise ValueError(f"fmt must be 'fp4' or 'fp8', got {fmt!r}")
-    if ax is None:
-        fig = Figure(figsize=(9, 3.2), layout="constrained")
-        ax = fig.add_subplot()
+    fig, ax = fig_ax(ax, (9, 3.2))
     n = x.numel()
     idx = list(range(n))
     ax.plot(idx, x.tolist(), color="0.6", lw=1, label="input")

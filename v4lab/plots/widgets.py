@@ -20,7 +20,8 @@ import io
 from matplotlib.figure import Figure
 
 from .. import costs
-from .costs import _short, plot_layer_breakdown
+from ._common import fig_ax, short_len
+from .costs import plot_layer_breakdown
 
 EXPLORER_MODELS = ("v3.2", "pro", "flash", "dense")
 """Models of the explorer's table, V3.2 first (the reference of the ratios)."""
@@ -65,7 +66,7 @@ def kv_cost_html(rows: list[dict]) -> str:
             f"<td>{100 * r['flops_vs_v32']:.1f}% ({r['flops_x_fewer']:.2f}x fewer)</td>"
             "</tr>"
         )
-    caption = (f"L = {L:,} tokens ({_short(L)}); KV storage: {html.escape(rows[0]['storage'])}; "
+    caption = (f"L = {L:,} tokens ({short_len(L)}); KV storage: {html.escape(rows[0]['storage'])}; "
                f"FLOPs: {html.escape(rows[0]['weighting'])}")
     return (f"<table class='v4lab-kv-table'><caption>{caption}</caption>{head}"
             + "".join(body) + "</table>")
@@ -74,9 +75,7 @@ def kv_cost_html(rows: list[dict]) -> str:
 def plot_kv_bars(rows: list[dict], ax=None) -> Figure:
     """Bars of the KV cache (GB, log scale) of each model of :func:`kv_cost_rows`, each labelled
     with its size relative to V3.2."""
-    if ax is None:
-        fig = Figure(figsize=(5, 3.6), layout="constrained")
-        ax = fig.add_subplot()
+    fig, ax = fig_ax(ax, (5, 3.6))
     key_of = {costs.model_name(costs.preset(k)): k for k in _BAR_COLORS}
     names = [r["model"].replace("DeepSeek-", "") for r in rows]
     vals = [r["kv_gb"] for r in rows]
@@ -91,7 +90,7 @@ def plot_kv_bars(rows: list[dict], ax=None) -> Figure:
     lo, hi = min(vals), max(vals)
     ax.set_ylim(lo / 3, hi * 20)
     ax.set_ylabel("KV cache per sequence (GB)")
-    ax.set_title(f"KV cache at {_short(rows[0]['context_len'])} tokens (% of V3.2)", fontsize=9)
+    ax.set_title(f"KV cache at {short_len(rows[0]['context_len'])} tokens (% of V3.2)", fontsize=9)
     ax.grid(True, axis="y", which="major", alpha=0.3)
     return ax.figure
 
@@ -132,7 +131,7 @@ def kv_cost_explorer(context_len: int = 2**20, storage: str = "deployed", indexe
     if context_len not in CONTEXT_CHOICES:
         raise ValueError(f"context_len must be one of {list(CONTEXT_CHOICES)}, got {context_len!r}")
     context = W.SelectionSlider(
-        options=[(_short(L), L) for L in CONTEXT_CHOICES], value=context_len,
+        options=[(short_len(L), L) for L in CONTEXT_CHOICES], value=context_len,
         description="context", continuous_update=False, layout=W.Layout(width="420px"),
     )
     store = W.Dropdown(options=list(STORAGE_CHOICES), value=storage, description="KV storage",
