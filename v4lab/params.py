@@ -37,39 +37,65 @@ class ParamCount:
                 f"incl. MTP {f(self.activated_with_mtp)})")
 
 
+def _tally(named_parameters, prefix: str = "") -> tuple[int, int]:
+    """(all parameters, routed-expert parameters) of ``named_parameters``."""
+    total = routed = 0
+    for name, p in named_parameters:
+        total += p.numel()
+        if ".ffn.experts." in prefix + name:
+            routed += p.numel()
+    return total, routed
+
+
 def count_parameters(cfg_or_model) -> ParamCount:
-    from .model import V4Model
+    """Counts of a config (or of a built ``V4Model``).
+
+    For a config, every distinct kind of block (compression ratio, hash or learned routing) is
+    built once on the meta device and counted, then multiplied by how often the schedule uses it:
+    a Flash-sized model has tens of thousands of expert modules, and building each of them only
+    to count it took most of a minute."""
+    from .mhc import hc_params
+    from .model import Block, MTPBlock, V4Model
+    from .norm import RMSNorm
 
     if isinstance(cfg_or_model, V4Model):
         model = cfg_or_model
+        cfg: V4Config = model.config
+        main = _tally(((n, p) for n, p in model.named_parameters() if not n.startswith("mtp.")), ".")
+        mtp = _tally(((n, p) for n, p in model.named_parameters() if n.startswith("mtp.")), ".")
+        embedding = model.embed.weight.numel()
     else:
-        model = V4Model(cfg_or_model, device="meta", init=False)
-    cfg: V4Config = model.config
-    total = embedding = mtp = routed = 0
-    for name, p in model.named_parameters():
-        n = p.numel()
-        total += n
-        if name.startswith("embed."):
-            embedding += n
-        if name.startswith("mtp."):
-            mtp += n
-        if ".ffn.experts." in name:
-            routed += n
+        cfg = cfg_or_model
+        kinds: dict[tuple, tuple[int, int]] = {}
+        blocks = [0, 0]
+        with torch.device("meta"):
+            for i in range(cfg.num_hidden_layers):
+                key = (cfg.compress_ratios[i], cfg.is_hash_layer(i))
+                if key not in kinds:
+                    kinds[key] = _tally(Block(cfg, i, *key).named_parameters(), ".")
+                blocks = [a + b for a, b in zip(blocks, kinds[key])]
+            top = torch.nn.Module()  # what V4Model holds outside its blocks
+            top.embed = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+            top.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            top.head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            hc_params(top, "hc_head", cfg, cfg.hc_mult)
+            outer = _tally(top.named_parameters())
+            mtp = _tally(MTPBlock(cfg).named_parameters(), ".") if cfg.num_nextn_predict_layers else (0, 0)
+        main = (blocks[0] + outer[0], blocks[1])
+        embedding = cfg.vocab_size * cfg.hidden_size
+    (main_total, routed_main), (mtp_total, routed_mtp) = main, mtp
     frac = cfg.num_experts_per_tok / cfg.n_routed_experts
-    routed_mtp = sum(p.numel() for n_, p in model.named_parameters() if n_.startswith("mtp.") and ".ffn.experts." in n_)
-    routed_main = routed - routed_mtp
-    total_wo_mtp = total - mtp
-    act_main = total_wo_mtp - embedding - routed_main + round(routed_main * frac)
-    act_mtp = mtp - routed_mtp + round(routed_mtp * frac)
+    act_main = main_total - embedding - routed_main + round(routed_main * frac)
+    act_mtp = mtp_total - routed_mtp + round(routed_mtp * frac)
     return ParamCount(
-        total=total,
-        total_without_mtp=total_wo_mtp,
+        total=main_total + mtp_total,
+        total_without_mtp=main_total,
         embedding=embedding,
-        mtp=mtp,
+        mtp=mtp_total,
         activated=act_main,
         activated_with_embedding=act_main + embedding,
         activated_with_mtp=act_main + act_mtp,
-        routed_experts=routed,
+        routed_experts=routed_main + routed_mtp,
     )
 
 
