@@ -35,6 +35,7 @@ from .compressor import Compressor
 from .config import V4Config
 from .indexer import Indexer, topk_lowest_index
 from .norm import RMSNorm, f32, rms0
+from .quant import deployed_weight  # the weight itself unless numerics="deployed"
 from .rope import Rope
 
 NEG_INF = float("-inf")
@@ -182,7 +183,7 @@ class Attention(nn.Module):
         o = self.rope.rotate(o.to(x.dtype), pos, inverse=True)
         g = self.groups
         o = o.reshape(B, S, g, H * D // g)
-        wo_a = self.wo_a.weight.view(g, -1, H * D // g)  # [g, o_lora, H*D/g]
+        wo_a = deployed_weight(self.wo_a).to(o.dtype).view(g, -1, H * D // g)  # [g, o_lora, H*D/g]
         u = torch.einsum("bsgi,gri->bsgr", o, wo_a).flatten(2)  # [B, S, g*o_lora]
         return self.wo_b(u)
 

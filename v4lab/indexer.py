@@ -55,13 +55,14 @@ class Indexer(nn.Module):
         self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False, dtype=dtype)
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, 4, cfg.rms_norm_eps, dtype=dtype)
         self.qat = True  # Hadamard + FP4 round trip of q and k (reference numerics)
+        self.bf16_scores = False  # deployed numerics: bf16 weights_proj and index scores
 
     def _qat(self, t: torch.Tensor) -> torch.Tensor:
         if not self.qat:
             return t
         from .quant import fp4_roundtrip, hadamard
 
-        return fp4_roundtrip(hadamard(f32(t)), block=32).to(t.dtype)
+        return fp4_roundtrip(hadamard(t), block=32).to(t.dtype)  # rotated in t's dtype, as deployed
 
     def new_keys(self, x, start_pos, state, rope):
         """Compress this chunk's tokens; returns (new keys [B, nb, c_I], first index)."""
@@ -75,13 +76,21 @@ class Indexer(nn.Module):
         B, S, _ = x.shape
         q = self.wq_b(cq).view(B, S, self.n_heads, self.head_dim)
         q = self._qat(rope.rotate(q, positions))
-        w = F.linear(f32(x), f32(self.weights_proj.weight)) * (self.head_dim**-0.5 * self.n_heads**-0.5)
+        scale = self.head_dim**-0.5 * self.n_heads**-0.5
+        if self.bf16_scores:  # a bf16 w tells scores() to round as the deployed code does
+            return q, F.linear(x.bfloat16(), self.weights_proj.weight.bfloat16()) * scale
+        w = F.linear(f32(x), f32(self.weights_proj.weight)) * scale
         return q, w
 
     @staticmethod
     def scores(q, w, keys, positions, ratio: int = 4, budget: int = 1 << 22):
         """I [B, S, N] fp32: sum_h w * ReLU(q . k), -inf where (j+1)*ratio > t+1.
-        The per-head products are made for a few queries at a time (at most ``budget`` values)."""
+        The per-head products are made for a few queries at a time (at most ``budget`` values).
+        A bfloat16 ``w`` (deployed numerics) rounds q . k, w * ReLU(q . k) and the head sum to
+        bf16, as the deployed code's bf16 einsum / multiply / sum do."""
+        def r(t):
+            return t.to(torch.bfloat16).float()
+
         B, S, H, c = q.shape
         N = keys.shape[1]
         kT = f32(keys).transpose(1, 2)  # [B, c, N]
@@ -90,6 +99,10 @@ class Indexer(nn.Module):
         for s0 in range(0, S, step):
             s1 = min(S, s0 + step)
             dots = torch.matmul(f32(q[:, s0:s1]).reshape(B, (s1 - s0) * H, c), kT)  # [B, s*H, N]
-            out[:, s0:s1] = torch.einsum("bshn,bsh->bsn", F.relu(dots).view(B, s1 - s0, H, N), w[:, s0:s1])
+            if w.dtype == torch.bfloat16:
+                prod = r(F.relu(r(dots)).view(B, s1 - s0, H, N) * f32(w[:, s0:s1])[..., None])
+                out[:, s0:s1] = r(prod.sum(2))
+            else:
+                out[:, s0:s1] = torch.einsum("bshn,bsh->bsn", F.relu(dots).view(B, s1 - s0, H, N), w[:, s0:s1])
         valid = (torch.arange(N, device=q.device)[None, :] + 1) * ratio <= positions[:, None] + 1  # [S, N]
         return out.masked_fill_(~valid, NEG_INF)

@@ -10,12 +10,7 @@
 Parameter names equal the official checkpoint names (spec 8.2), so ``state_dict()`` is the
 checkpoint with every FP8/FP4 tensor dequantised.
 
-``numerics``:
-* ``"reference"`` (default): the official code's arithmetic: QAT roundings (FP8 e4m3 on the nope
-  dims of stored KV, Hadamard + FP4 e2m1 on indexer q/k), the routing weight applied before the
-  experts' down projection, router / compressor / RoPE / mHC mixing / attention scores / head in fp32.
-* ``"hf"``: what ``transformers`` computes (no QAT, routing weight after the down projection), for
-  exact parity tests.
+``numerics`` (``"reference"``, ``"deployed"``, ``"hf"``): see :class:`V4Model`.
 """
 from __future__ import annotations
 
@@ -32,8 +27,14 @@ from .config import V4Config
 from .mhc import hc_collapse, hc_expand, hc_head, hc_params, hc_weights
 from .moe import MoE
 from .norm import RMSNorm, f32
+from .quant import deployed_linear
 
-NUMERICS = ("reference", "hf")
+
+def _deployed_forward(self, x):
+    """forward of an FP8 / FP4 linear under numerics="deployed" (bound to the module)."""
+    return deployed_linear(x, self)
+
+NUMERICS = ("reference", "deployed", "hf")
 BACKENDS = ("torch", "triton")
 _DT = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -78,6 +79,38 @@ class MTPBlock(Block):
 
 
 class V4Model(nn.Module):
+    """DeepSeek-V4 (any preset or config), with three arithmetic modes, ``numerics``:
+
+    * ``"reference"`` (default; the arithmetic the shipped flash-mini was trained and evaluated
+      with): the QAT arithmetic of DeepSeek's public inference code, ``inference/model.py`` of
+      ``deepseek-ai/DeepSeek-V4-Flash`` in its current revision (the one that clamps the shared
+      expert's SwiGLU too and rounds stored KV to FP8 in place; kernels as in ``kernel.py`` at
+      commit 60d8d707): the nope dims of every stored KV entry (window and compressed) go through
+      an FP8 e4m3 round trip with one power-of-two (ue8m0) scale per 64 channels; indexer queries
+      and keys are Hadamard-rotated and go through an FP4 e2m1 round trip (one ue8m0 scale per 32);
+      the routing weight scales the expert's hidden state before ``w2``; SwiGLU, router,
+      compressor, RoPE, mHC mixing, attention scores and the head in fp32.  Linears run in the
+      model dtype with the weights as they are (no FP8 activations).
+    * ``"deployed"`` (bfloat16 models only): what that same code computes when deployed on the
+      release checkpoints: everything of ``"reference"``, plus every FP8 / FP4 linear of the
+      checkpoint format (``wq_a``, ``wq_b``, ``wkv``, ``wo_b``, indexer ``wq_b``, the experts'
+      ``w1``/``w2``/``w3``, MTP ``e_proj``/``h_proj``) quantises its input to FP8 e4m3 (one ue8m0
+      scale per 128 inputs, amax floored at 1e-4), multiplies with the weight's checkpoint-format
+      values (FP8 128 x 128 blocks, routed experts FP4 1 x 32 when ``expert_dtype == "fp4"``;
+      ``wo_a`` too, applied in bf16) in fp32 and rounds the result to bf16; the residual streams,
+      attention probabilities (before P.V), ``weights_proj`` and the index scores are bf16.  Weights
+      of a model loaded from an FP8 / FP4 checkpoint already are such values; other weights are
+      rounded on the fly (cached), never changed in place.  The attention always runs on the torch
+      path.  Known remaining differences from DeepSeek's kernels: the per-head query RMS is computed
+      in fp32 (the deployed code squares and averages in bf16), probabilities are rounded to bf16
+      after normalisation (the kernel rounds the unnormalised exponentials), fp32 sums run in a
+      different order, equal index scores are broken by the lowest index, and widths that are not
+      multiples of 128 (small lab configs) get a shorter last activation block.
+    * ``"hf"``: what ``transformers`` 5.23 (``models/deepseek_v4/modeling_deepseek_v4.py``)
+      computes: no QAT round trips, the routing weight after the down projection, SwiGLU in the
+      model dtype; for exact parity tests.
+    """
+
     def __init__(self, config: V4Config, backend: str = "auto", numerics: str = "reference",
                  dtype: torch.dtype | str | None = torch.float32, device=None, init: bool = True, seed: int = 0):
         super().__init__()
@@ -111,16 +144,63 @@ class V4Model(nn.Module):
     def set_numerics(self, numerics: str) -> "V4Model":
         if numerics not in NUMERICS:
             raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+        dep = numerics == "deployed"
+        if dep and self.dtype != torch.bfloat16:
+            raise ValueError(f"numerics='deployed' computes in bfloat16 like DeepSeek's deployed code; this model is "
+                             f"{self.dtype}: build it with dtype=torch.bfloat16 (or load the checkpoint with dtype=torch.bfloat16)")
+        ed = (self.config.expert_dtype or "").lower()
+        if dep and ed == "fp4":
+            d, inter = self.config.hidden_size, self.config.moe_intermediate_size
+            if d % 32 or inter % 32:
+                raise ValueError(f"numerics='deployed' with FP4 experts needs hidden_size ({d}) and "
+                                 f"moe_intermediate_size ({inter}) to be multiples of 32 (one FP4 scale per 32)")
         self.numerics = numerics
-        ref = numerics == "reference"
+        ref = numerics != "hf"
         for mod in self.modules():
             if isinstance(mod, Attention):
                 mod.qat = ref
                 if mod.indexer is not None:
                     mod.indexer.qat = ref
+                    mod.indexer.bf16_scores = dep
             if isinstance(mod, MoE):
                 mod.weight_before_w2 = ref
+                for e in [*mod.experts, *([mod.shared_experts] if mod.shared_experts is not None else [])]:
+                    e.fp32_swiglu = ref
+        read_only = {id(b.attn.wo_a) for b in [*self.layers, *self.mtp]}  # used as a weight, never called
+        for lin, fmt in self._checkpoint_linears():
+            lin.__dict__.pop("_deployed_weight", None)
+            if dep:
+                lin.weight_format = fmt
+                if id(lin) not in read_only:
+                    lin.forward = _deployed_forward.__get__(lin)
+            else:
+                lin.__dict__.pop("weight_format", None)
+                lin.__dict__.pop("forward", None)
+        if hasattr(self, "backend"):
+            self._apply_backend()
         return self
+
+    def _checkpoint_linears(self):
+        """(linear, "fp8" | "fp4") for every linear stored as FP8 / FP4 in the release checkpoints
+        (spec 8.2): the attention's wq_a, wq_b, wkv, wo_a, wo_b, the indexer's wq_b, the experts,
+        MTP e_proj / h_proj.  wo_a is only ever read as a weight (its forward is not called)."""
+        routed = "fp4" if (self.config.expert_dtype or "").lower() == "fp4" else "fp8"
+        for blk in [*self.layers, *self.mtp]:
+            a = blk.attn
+            for lin in (a.wq_a, a.wq_b, a.wkv, a.wo_a, a.wo_b):
+                yield lin, "fp8"
+            if a.indexer is not None:
+                yield a.indexer.wq_b, "fp8"
+            for e in blk.ffn.experts:
+                for lin in (e.w1, e.w2, e.w3):
+                    yield lin, routed
+            if blk.ffn.shared_experts is not None:
+                e = blk.ffn.shared_experts
+                for lin in (e.w1, e.w2, e.w3):
+                    yield lin, "fp8"
+            if isinstance(blk, MTPBlock):
+                yield blk.e_proj, "fp8"
+                yield blk.h_proj, "fp8"
 
     def set_backend(self, backend: str) -> "V4Model":
         """'torch' (readable PyTorch), 'triton' (the kernels of v4lab.kernels), or 'auto':
@@ -135,10 +215,16 @@ class V4Model(nn.Module):
             if not triton_available():
                 raise RuntimeError("backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for CPU testing)")
         self.backend = backend
+        self._apply_backend()
+        return self
+
+    def _apply_backend(self):
+        # deployed numerics round index scores and probabilities as DeepSeek's code does, which
+        # only the torch path implements
+        use = "torch" if self.numerics == "deployed" else self.backend
         for mod in self.modules():
             if isinstance(mod, (Attention, Compressor)):
-                mod.backend = backend
-        return self
+                mod.backend = use
 
     @property
     def dtype(self) -> torch.dtype:
@@ -243,7 +329,7 @@ class V4Model(nn.Module):
 
     def logits_from_hidden(self, H: torch.Tensor) -> torch.Tensor:
         y = self.norm(hc_head(H, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config))
-        if self.numerics == "reference":
+        if self.numerics != "hf":
             return F.linear(f32(y), f32(self.head.weight))  # fp32 head
         return f32(self.head(y))
 

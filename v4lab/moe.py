@@ -25,9 +25,15 @@ class Expert(nn.Module):
         self.w2 = nn.Linear(inter, d, bias=False, dtype=dtype)
         self.w3 = nn.Linear(d, inter, bias=False, dtype=dtype)
         self.limit = limit
+        # reference / deployed numerics: the gate, clamp, SiLU, product and routing weight in fp32,
+        # rounded once to the model dtype before w2 (DeepSeek's Expert); hf: in the model dtype
+        self.fp32_swiglu = True
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(min(w1 x, L)) * clamp(w3 x, -L, L), fp32 when ``fp32_swiglu`` else x's dtype."""
         g, u = self.w1(x), self.w3(x)
+        if self.fp32_swiglu:
+            g, u = f32(g), f32(u)
         if self.limit is not None:
             g = g.clamp(max=self.limit)
             u = u.clamp(-self.limit, self.limit)
@@ -36,10 +42,10 @@ class Expert(nn.Module):
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, weight_before_w2: bool = True):
         h = self.hidden(x)
         if weight is None:
-            return self.w2(h)
+            return self.w2(h.to(x.dtype))
         if weight_before_w2:  # the reference: scale the hidden state, then project
-            return self.w2((f32(h) * weight[:, None]).to(h.dtype))
-        return f32(self.w2(h)) * weight[:, None]  # transformers: project, then scale
+            return self.w2((f32(h) * weight[:, None]).to(x.dtype))
+        return f32(self.w2(h.to(x.dtype))) * weight[:, None]  # transformers: project, then scale
 
 
 class Gate(nn.Module):

@@ -53,6 +53,13 @@ __all__ = [
     "quant_fp4",
     "fp8_roundtrip",
     "fp4_roundtrip",
+    "FP4_AMAX_FLOOR",
+    "ACT_BLOCK",
+    "act_quant",
+    "checkpoint_weight",
+    "deployed_weight",
+    "deployed_linear",
+    "round_bf16",
     "hadamard",
     "hadamard_matrix",
 ]
@@ -348,9 +355,16 @@ def fp8_roundtrip(x: torch.Tensor, block: int = 64, eps: float = 1e-4) -> torch.
     return _straight_through(x, q)
 
 
-def fp4_roundtrip(x: torch.Tensor, block: int = 32, eps: float = 1e-4) -> torch.Tensor:
+FP4_AMAX_FLOOR = 6.0 * 2.0**-126
+"""amax floor of DeepSeek's FP4 quantisation kernel (the smallest normal fp32 times 6), so that an
+all-zero block gets the scale 2**-126 instead of a division by zero."""
+
+
+def fp4_roundtrip(x: torch.Tensor, block: int = 32, eps: float = FP4_AMAX_FLOOR) -> torch.Tensor:
     """Round ``x`` through FP4 e2m1 (the real grid, ties to even) with one ue8m0 scale per
     ``block`` channels of the last dim: ``scale = 2 ** ceil(log2(max(amax, eps) / 6))``.
+    ``eps`` defaults to DeepSeek's kernel floor :data:`FP4_AMAX_FLOOR` (it only matters for
+    blocks whose largest magnitude is below it).
     Returns ``x.dtype``; the gradient is passed straight through; NaN stays NaN."""
     g, c = _blockwise(x, block)
     nan = torch.isnan(g)
@@ -361,6 +375,72 @@ def fp4_roundtrip(x: torch.Tensor, block: int = 32, eps: float = 1e-4) -> torch.
     q = torch.where(nan, torch.full_like(q, float("nan")), q)
     q = q.reshape(*x.shape[:-1], -1)[..., :c].to(x.dtype)
     return _straight_through(x, q)
+
+
+# ------------------------------------------------------------------------------------------------
+# deployed arithmetic: FP8 activations x FP8 / FP4 weights (numerics="deployed")
+# ------------------------------------------------------------------------------------------------
+ACT_BLOCK = 128
+"""Activation quantisation block of the deployed FP8 / FP4 matmuls (one scale per 128 inputs)."""
+
+
+def act_quant(x: torch.Tensor, block: int = ACT_BLOCK, eps: float = 1e-4) -> torch.Tensor:
+    """The deployed code's activation quantisation before an FP8 / FP4 matmul, as values: every
+    row is cut into ``block``-channel blocks along the input dim, each gets the power-of-two
+    (ue8m0) scale ``2 ** ceil(log2(max(amax, 1e-4) / 448))`` and is rounded to e4m3 (nearest
+    even).  Returns float32 (float64 for float64 input) holding ``e4m3 * scale`` exactly; no
+    gradient (inference arithmetic).  A width that is not a multiple of ``block`` gets a shorter
+    last block (DeepSeek's kernel requires multiples of 128; small lab configs are narrower)."""
+    xf = x.detach()
+    xf = xf if xf.dtype == torch.float64 else xf.float()
+    return fp8_roundtrip(xf, block=block, eps=eps)
+
+
+def checkpoint_weight(w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """The values a weight [N, K] holds once stored in the release checkpoint format, as float32:
+    ``"fp8"``: e4m3 with one ue8m0 scale per 128 x 128 block; ``"fp4"``: e2m1 with one ue8m0
+    scale per 32 along K (routed experts).  Weights that already are such values (a model loaded
+    from an FP8 / FP4 checkpoint) come back unchanged."""
+    wf = w.detach().float()
+    if fmt == "fp8":
+        return dequant_fp8_block(*quant_fp8_block(wf))
+    if fmt == "fp4":
+        return dequant_fp4_experts(*quant_fp4(wf))
+    raise ValueError(f"checkpoint_weight: fmt must be 'fp8' or 'fp4', got {fmt!r}")
+
+
+def deployed_weight(linear: torch.nn.Module) -> torch.Tensor:
+    """``linear.weight`` as the deployed code holds it: its checkpoint-format values (see
+    :func:`checkpoint_weight`) when the module carries a ``weight_format`` ("fp8" / "fp4", set
+    by ``V4Model.set_numerics("deployed")``), else the weight itself.  The rounded copy is cached
+    on the module and remade whenever the weight changes."""
+    fmt = getattr(linear, "weight_format", None)
+    w = linear.weight
+    if fmt is None:
+        return w
+    key = (fmt, w.data_ptr(), w._version, w.dtype, w.device)
+    cached = linear.__dict__.get("_deployed_weight")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, checkpoint_weight(w, fmt))
+        linear.__dict__["_deployed_weight"] = cached
+    return cached[1]
+
+
+def deployed_linear(x: torch.Tensor, linear: torch.nn.Module) -> torch.Tensor:
+    """One FP8 / FP4 matmul as deployed: ``act_quant(x) @ W^T`` with ``W`` the checkpoint-format
+    weight, float32 accumulation, result rounded to bfloat16 (the output dtype of DeepSeek's
+    ``fp8_gemm`` / ``fp4_gemm``)."""
+    if linear.bias is not None:
+        raise ValueError("deployed_linear: the FP8 / FP4 linears of V4 have no bias")
+    w = deployed_weight(linear)
+    return torch.nn.functional.linear(act_quant(x), w.to(torch.float32)).to(torch.bfloat16)
+
+
+def round_bf16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to bfloat16 (nearest even) and held in float32: the value a bf16 tensor of
+    the deployed code would hold."""
+    return x.to(torch.bfloat16).to(torch.float32)
 
 
 def hadamard(x: torch.Tensor) -> torch.Tensor:
