@@ -1,17 +1,19 @@
-"""Notebooks 06 and 10 in a real client: JupyterLab in headless Chromium, driven by Playwright.
+"""Every notebook of the series in a real client: JupyterLab in headless Chromium, driven by Playwright.
 
 The server serves temporary copies of the notebooks (the committed files are never touched); each
 notebook's outputs are cleared, "Run All Cells" is clicked in the Run menu, and the test waits
 until every code cell has run.  Then: no error output anywhere, the figures render as images, the
-KV-cost explorer widget renders and answers its context slider, and the chat view of notebook 10
-shows its special-token chips.  Screenshots go to ``artifacts/screenshots/`` (gitignored).
+KV-cost explorer widget of notebook 06 renders and answers its context slider, and the chat view of
+notebook 10 shows its special-token chips.  Every notebook leaves a full-page screenshot in
+``artifacts/screenshots/`` (gitignored; CI keeps the folder as an artifact).
 
 Needs Debian's ``chromium`` and ``pip install playwright`` (not ``playwright install``); skips with
-the reason when either is missing.  About a minute on 2 cores.
+the reason when either is missing.  A few minutes on 2 cores (every notebook runs once).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import time
 from pathlib import Path
@@ -25,6 +27,8 @@ _spec.loader.exec_module(bc)
 
 NB06 = ROOT / "notebooks" / "06_kv_cache_and_costs.ipynb"
 NB10 = ROOT / "notebooks" / "10_agent_format.ipynb"
+ALL = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+OTHERS = [nb for nb in ALL if nb not in (NB06, NB10)]
 
 _why = bc.missing_requirements()
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"browser test needs Chromium and Playwright: {_why}")
@@ -32,7 +36,7 @@ pytestmark = pytest.mark.skipif(_why is not None, reason=f"browser test needs Ch
 
 @pytest.fixture(scope="module")
 def lab():
-    with bc.LabServer([NB06, NB10]) as server:
+    with bc.LabServer(ALL) as server:
         yield server
 
 
@@ -109,3 +113,16 @@ def test_notebook_10_runs_and_shows_the_token_view(page, lab):
     chat_view.scroll_into_view_if_needed()
     bc.screenshot(chat_view, "10_chat_view.png")
     bc.screenshot(page, "10_after_run_all.png")
+
+
+@pytest.mark.parametrize("nb", OTHERS, ids=[nb.stem for nb in OTHERS])
+def test_notebook_runs_all_cells_in_jupyterlab(page, lab, nb):
+    report = _run(page, lab, nb)
+    bc.screenshot(page, f"{nb.stem}_after_run_all.png")
+    imgs = page.locator(".jp-OutputArea-output img")
+    assert all(imgs.nth(i).evaluate("e => e.naturalWidth > 0") for i in range(imgs.count())), \
+        f"{nb.name}: a figure did not render"
+    # every figure the committed run shows is drawn again in the browser
+    committed = sum("image/png" in out.get("data", {})
+                    for cell in json.loads(nb.read_text())["cells"] for out in cell.get("outputs", []))
+    assert report["images"] >= committed, f"{nb.name}: {report['images']} figures shown, {committed} committed"
