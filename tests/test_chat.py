@@ -1,4 +1,6 @@
-"""The V4 chat format (spec section 9): golden layouts, DSML round trips, parser fuzzing."""
+"""The V4 chat format (spec section 9): hand-written layouts, DSML round trips, parser fuzzing.
+
+The golden vectors of DeepSeek's own encoder are checked in test_chat_golden.py."""
 import json
 import random
 
@@ -109,9 +111,10 @@ def test_tools_section_lists_one_schema_per_line_and_the_dsml_syntax():
                 'string="true"', 'string="false"', "</｜DSML｜parameter>", "</｜DSML｜invoke>",
                 "</｜DSML｜tool_calls>"):
         assert tag in section
-    # no system message: the tools section alone follows BOS
+    assert section.endswith("tool calls.\n")
+    # no system message: render adds an empty one, so a blank line precedes the section
     prompt = render([{"role": "user", "content": "Hi"}], tools=[WEATHER_TOOL])
-    assert prompt == B + render_tools_section([WEATHER_TOOL]) + U + "Hi" + A + "<think>"
+    assert prompt == B + "\n\n" + render_tools_section([WEATHER_TOOL]) + U + "Hi" + A + "<think>"
 
 
 def test_tool_call_turn_and_results_merged_in_call_order():
@@ -121,7 +124,7 @@ def test_tool_call_turn_and_results_merged_in_call_order():
         {"role": "tool", "tool_call_id": "c2", "content": "Oslo: snow"},  # out of order
         {"role": "tool", "tool_call_id": "c1", "content": "Paris: sun"},
     ]
-    head = B + render_tools_section([WEATHER_TOOL]) + U + "Weather in Paris and Oslo?"
+    head = B + "\n\n" + render_tools_section([WEATHER_TOOL]) + U + "Weather in Paris and Oslo?"
     results = "<tool_result>Paris: sun</tool_result>\n\n<tool_result>Oslo: snow</tool_result>"
     assert render(messages, tools=[WEATHER_TOOL]) == (
         head + A + "<think>" + WEATHER_CALL_TEXT + U + results + A + "<think>")
@@ -364,15 +367,16 @@ SAMPLES = [s for s in SAMPLES if TOOL_CALLS_START in s][:8]
 
 @pytest.mark.parametrize("text", SAMPLES[:4])
 def test_truncation_at_every_position(text):
-    """Cut before the block: plain content. Cut inside the block or inside the EOS after it
-    (trailing garbage): error. Cut right after the block or at the end: all calls."""
+    """Cut before the DSML token: plain content. Cut once the DSML token is there, inside the
+    block or inside the EOS after it (trailing garbage): error. Cut right after the block or
+    at the end: all calls."""
     full = parse(text)
     start = text.index(TOOL_CALLS_START)
     closed = text.index(TOOL_CALLS_CLOSE) + len(TOOL_CALLS_CLOSE)
     assert text[closed:] == E
     for k in range(len(text) + 1):
         cut = text[:k]
-        if start + len(TOOL_CALLS_START) <= k < len(text) and k != closed:
+        if start + len("\n\n<" + DSML) <= k < len(text) and k != closed:
             with pytest.raises(DSMLParseError):
                 parse(cut)
             continue

@@ -1,18 +1,23 @@
 """The DeepSeek-V4 chat format (spec section 9): render prompts, parse what the model writes.
 
-A prompt is one string; the pieces follow each other with no separator unless one is shown::
+:func:`encode_messages` renders a conversation in DeepSeek's own input format (OpenAI-style
+messages) byte for byte as DeepSeek's V4 encoder does; the golden vectors in
+``shared/spec/chat-golden/`` check it.  :func:`render` is the friendly entry point on top of it
+(a ``tools=`` argument, ``thinking=True/False``, flat tool calls).  A prompt is one string; the
+pieces follow each other with no separator unless one is shown::
 
-    <｜begin▁of▁sentence｜>                         BOS
-    [REASONING_EFFORT_MAX "\\n\\n"]                 only reasoning_effort="max" in thinking mode
-    system text ["\\n\\n" tools section]            tools section: DSML syntax + one schema a line
-    <｜User｜>user text                             tool results are merged in here as
-                                                  <tool_result>...</tool_result> blocks
+    <｜begin▁of▁sentence｜>                       BOS (left out when a context is given)
+    [reasoning-effort paragraph "\\n\\n"]         thinking mode only; tiers depend on generation
+    system text ["\\n\\n" tools section] ["\\n\\n" response-format section]
+    <｜latest_reminder｜>text                     a latest_reminder message
+    <｜User｜>user text                           consecutive user messages and tool results
+                                                 (<tool_result>...</tool_result>) are joined
+                                                 by blank lines into one user turn
+    <｜User｜>developer text [tools] [format]      a developer message is a user turn too
     <｜Assistant｜><think>  |  <｜Assistant｜></think>
-                                                  <think>: the reasoning of this turn is shown
-                                                  </think>: chat mode, or reasoning dropped
     [reasoning</think>]content[DSML block]<｜end▁of▁sentence｜>
     ...
-    <｜User｜>last user text<｜Assistant｜><think>   the generation prompt (</think> in chat mode)
+    <｜User｜>last user text<｜Assistant｜><think>  the generation prompt (</think> in chat mode)
 
 An assistant turn that calls tools ends its content with a DSML block (``\\n\\n`` first)::
 
@@ -23,22 +28,24 @@ An assistant turn that calls tools ends its content with a DSML block (``\\n\\n`
     </｜DSML｜invoke>
     </｜DSML｜tool_calls>
 
-``string="true"`` marks a raw string value, ``string="false"`` a JSON value.
+``string="true"`` marks a raw string value, ``string="false"`` a JSON value; a call without
+arguments has an empty line between its invoke tags.
 
-Reasoning retention: in thinking mode the reasoning of assistant turns before the last user
-message is dropped (they open with ``</think>``), unless tools are defined: then every turn keeps
-its reasoning, so an agent sees its earlier thoughts across tool calls (interleaved thinking).
+Reasoning retention (thinking mode, ``drop_thinking=True``): the reasoning of assistant turns
+before the last user (or developer) turn is dropped, and so are developer messages before it.
+Tool results count as a user turn, so without tool definitions the reasoning of a turn that
+called a tool is dropped once its results arrive.  If any message defines ``tools``, nothing is
+dropped: an agent sees its earlier thoughts across tool calls and user turns.
 
-Public API: :func:`render` (a whole conversation), :func:`render_assistant` (one assistant turn
-as the model emits it), :func:`render_tool_calls` (the DSML block), :func:`parse` (model output
-back to reasoning, content and tool calls) and :class:`DSMLParseError`.
-
-The token strings below are those of spec section 9, character for character.  The text of the
-tools section is this project's own wording: DeepSeek's encoder words it differently, so a
-prompt with tools is not byte-identical to what the released checkpoints saw in training.
+Public API: :func:`encode_messages`, :func:`render`, :func:`render_assistant` (one assistant
+turn as the model emits it), :func:`render_tool_calls` (the DSML block),
+:func:`render_tools_section`, :func:`parse` (model output back to reasoning, content and tool
+calls) and :class:`DSMLParseError`.  The token strings and the fixed texts (tools section,
+response-format section, reasoning-effort paragraphs) are DeepSeek's, character for character.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -54,21 +61,30 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 TASK_TOKENS = ("<｜action｜>", "<｜query｜>", "<｜authority｜>", "<｜domain｜>", "<｜title｜>",
                "<｜read_url｜>")
+# The `task` key of a message names one of these; the token follows that message.
+TASKS = dict(zip(("action", "query", "authority", "domain", "title", "read_url"), TASK_TOKENS))
 
 # DSML tags. Invoke and parameter openers carry attributes: `<｜DSML｜invoke name="...">`.
 DSML = "｜DSML｜"
-TOOL_CALLS_OPEN = f"<{DSML}tool_calls>"
-TOOL_CALLS_CLOSE = f"</{DSML}tool_calls>"
+TOOL_CALLS_BLOCK = "tool_calls"  # V3.2 called the block "function_calls"
+TOOL_CALLS_OPEN = f"<{DSML}{TOOL_CALLS_BLOCK}>"
+TOOL_CALLS_CLOSE = f"</{DSML}{TOOL_CALLS_BLOCK}>"
 INVOKE_OPEN = f"<{DSML}invoke"
 INVOKE_CLOSE = f"</{DSML}invoke>"
 PARAMETER_OPEN = f"<{DSML}parameter"
 PARAMETER_CLOSE = f"</{DSML}parameter>"
-TOOL_CALLS_START = f"\n\n<{DSML}tool_calls"  # where content ends and the DSML block begins
+TOOL_CALLS_START = f"\n\n<{DSML}{TOOL_CALLS_BLOCK}"  # where content ends and the block begins
 
 TOOL_RESULT_OPEN = "<tool_result>"
 TOOL_RESULT_CLOSE = "</tool_result>"
 
-# The fixed paragraph that reasoning_effort="max" puts at the start of the prompt.
+ROLES = ("system", "developer", "user", "assistant", "tool", "latest_reminder")
+THINKING_MODES = ("thinking", "chat")
+GENERATIONS = ("v4", "v4-0731")
+
+# Reasoning-effort paragraphs (thinking mode only, at the very start of the prompt, followed by
+# a blank line).  The original V4 release knows one: "max".  The 0731 checkpoint has three
+# tiers: "low" (nothing, the default), "high" (the old "max" text) and a new "max".
 REASONING_EFFORT_MAX = (
     "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
     "You MUST be very thorough in your thinking and comprehensively decompose the problem to "
@@ -78,164 +94,184 @@ REASONING_EFFORT_MAX = (
     "step, considered alternative, and rejected hypothesis to ensure absolutely no assumption "
     "is left unchecked."
 )
-REASONING_EFFORTS = (None, "low", "medium", "high", "max")  # only "max" changes the prompt
+REASONING_EFFORT_BEYOND_MAX = (
+    "Reasoning Effort: Beyond maximum \u2014 exhaustive, relentless, and uncompromising.\n"
+    "You MUST reason with the utmost depth and rigor, leaving absolutely nothing to chance: "
+    "exhaustively decompose the problem into its most fundamental components, trace every "
+    "causal chain to its root, and resolve the underlying cause rather than any surface "
+    "symptom.\n"
+    "Do not stop reasoning until you have independently verified the solution from multiple "
+    "angles and are certain that no assumption remains unchecked and no error remains "
+    "undiscovered."
+)
+# generation -> {reasoning_effort: paragraph}; None is each generation's default.
+REASONING_EFFORT_PROMPTS = {
+    "v4": {None: "", "high": "", "max": REASONING_EFFORT_MAX},
+    "v4-0731": {None: "", "low": "", "high": REASONING_EFFORT_MAX,
+                "max": REASONING_EFFORT_BEYOND_MAX},
+}
 
-TOOLS_SECTION = """## Tools
+TOOLS_SECTION = f"""## Tools
 
-You can call the tools listed below. To call tools, end your answer with one block of this form:
+You have access to a set of tools to help answer the user's question. You can invoke tools by \
+writing a "<{DSML}tool_calls>" block like the following:
 
-<｜DSML｜tool_calls>
-<｜DSML｜invoke name="TOOL_NAME">
-<｜DSML｜parameter name="TEXT_PARAMETER" string="true">raw text, as is</｜DSML｜parameter>
-<｜DSML｜parameter name="OTHER_PARAMETER" string="false">JSON value</｜DSML｜parameter>
-</｜DSML｜invoke>
-</｜DSML｜tool_calls>
+<{DSML}tool_calls>
+<{DSML}invoke name="$TOOL_NAME">
+<{DSML}parameter name="$PARAMETER_NAME" string="true|false">$PARAMETER_VALUE</{DSML}parameter>
+...
+</{DSML}invoke>
+<{DSML}invoke name="$TOOL_NAME2">
+...
+</{DSML}invoke>
+</{DSML}tool_calls>
 
-Write one invoke per call; several calls share one block. A string value is written as is with \
-string="true". Numbers, booleans, null, arrays and objects are written as JSON with string="false".
-In thinking mode, finish your reasoning with </think> before the answer and the tool calls.
-Tool results come back in the next user turn as <tool_result> blocks, in the order of the calls.
+String parameters should be specified as is and set `string="true"`. For all other types \
+(numbers, booleans, arrays, objects), pass the value in JSON format and set `string="false"`.
 
-### Available tools (one JSON schema per line)
+If thinking_mode is enabled (triggered by {THINK_OPEN}), you MUST output your complete reasoning \
+inside {THINK_OPEN}...{THINK_CLOSE} BEFORE any tool calls or final response.
 
-{schemas}
+Otherwise, output directly after {THINK_CLOSE} with tool calls or final response.
 
-Call only these tools, with the parameter names and types that their schemas give."""
+### Available Tool Schemas
+
+{{schemas}}
+
+You MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.
+"""
+
+RESPONSE_FORMAT_SECTION = ("## Response Format:\n\nYou MUST strictly adhere to the following "
+                           "schema to reply:\n{schema}")
 
 # Characters that cannot appear in a tool or parameter name (they would break the tag syntax).
 _FORBIDDEN_IN_NAMES = '"<>\n'
 
 
 # ----------------------------------------------------------------------------------------------
-# Rendering
+# encode_messages: DeepSeek's input format, byte for byte
 
 
-def render(messages: Iterable[dict], tools: list[dict] | None = None, thinking: bool = True,
-           reasoning_effort: str | None = None) -> str:
-    """Render an OpenAI-style conversation as one V4 prompt string (layout in the module doc).
+def encode_messages(messages: Iterable[dict], thinking_mode: str = "thinking",
+                    reasoning_effort: str | None = None, generation: str = "v4",
+                    drop_thinking: bool = True, add_default_bos_token: bool = True,
+                    context: Iterable[dict] | None = None) -> str:
+    """The prompt DeepSeek's V4 encoder renders for ``messages`` (layout in the module doc).
 
-    ``messages``: dicts with ``role`` in system / user / assistant / tool.  Assistant messages
-    may carry ``reasoning_content`` (or ``reasoning``), ``content`` and ``tool_calls``; tool
-    messages carry ``content`` and optionally ``tool_call_id``.  ``tools``: OpenAI tool
-    definitions; a system message may also define them under its own ``"tools"`` key.
-    ``thinking``: thinking mode (``<think>`` after the last assistant marker) or chat mode
-    (``</think>``, no reasoning shown anywhere).  ``reasoning_effort="max"`` in thinking mode
-    puts :data:`REASONING_EFFORT_MAX` right after BOS; other efforts change nothing.
+    ``messages``: OpenAI-style dicts with ``role`` in :data:`ROLES`.  ``system`` and
+    ``developer`` messages may define ``tools`` (OpenAI tool definitions) and a
+    ``response_format``; assistant messages carry ``reasoning_content``, ``content`` and
+    ``tool_calls`` (``{"id", "type": "function", "function": {"name", "arguments"}}``, the
+    arguments a JSON object as a string or a dict) and may set ``wo_eos`` (no EOS after the
+    turn); tool messages carry ``content`` (any value: strings as they are, a list of
+    ``{"type": "text"}`` parts joined by blank lines, anything else as Python's ``str()``)
+    and ``tool_call_id``; any message may set ``task`` (a key of :data:`TASKS`) to end
+    with that task token instead of the generation prompt.
 
-    When the last message is not an assistant turn, the prompt ends with the generation prompt
-    ``<｜Assistant｜><think>`` (or ``</think>``); otherwise it ends with that turn's EOS.
+    ``thinking_mode``: ``"thinking"`` or ``"chat"``; ``reasoning_effort``: a key of
+    ``REASONING_EFFORT_PROMPTS[generation]``; ``generation``: ``"v4"`` (V4-Flash / V4-Pro) or
+    ``"v4-0731"`` (V4-Flash-0731).  ``drop_thinking``: drop earlier reasoning as the module
+    doc says (never when tools are defined).  ``context``: messages already in the model's
+    cache; they shape the prompt (tool-result order, what counts as history) but are not
+    rendered, and neither is BOS.
+
+    Raises ``ValueError`` naming the problem for an unknown role, option, task or effort, and
+    for messages the format cannot express.  Deliberate differences from DeepSeek's code,
+    where it would write a prompt that cannot be parsed back: arguments that are not a JSON
+    object, NaN or infinite values, and names with quotes, angle brackets or newlines raise.
+    A dict of arguments renders like the same object given as a JSON string.
     """
+    _check_options(thinking_mode, reasoning_effort, generation)
+    thinking = thinking_mode == "thinking"
+    context = _check_messages(context or [], "context message")
+    messages = _check_messages(messages, "message")
+
+    history, turns = _merge_tool_messages(context), _merge_tool_messages(messages)
+    full = _order_tool_results(history + turns)
+    drop = drop_thinking and not any(m.get("tools") for m in full)
+    first = len(history)
+    if thinking and drop:
+        full, first = _drop_history(full), len(_drop_history(history))
+
+    last_user = _last_user_index(full)
+    effort = REASONING_EFFORT_PROMPTS[generation][reasoning_effort]
+    prompt = BOS if add_default_bos_token and not context else ""
+    for i in range(first, len(full)):
+        if i == 0 and thinking and effort:
+            prompt += effort + "\n\n"
+        prompt += _render_turn(i, full, thinking, drop, last_user)
+    return prompt
+
+
+def _check_options(thinking_mode: Any, reasoning_effort: Any, generation: Any) -> None:
+    if generation not in GENERATIONS:
+        raise ValueError(f"unknown generation {generation!r}; expected one of {GENERATIONS}")
+    if thinking_mode not in THINKING_MODES:
+        raise ValueError(f"unknown thinking_mode {thinking_mode!r}; "
+                         f"expected one of {THINKING_MODES}")
+    efforts = tuple(REASONING_EFFORT_PROMPTS[generation])
+    if reasoning_effort not in efforts:
+        raise ValueError(f"unknown reasoning_effort {reasoning_effort!r} for generation "
+                         f"{generation!r}; expected one of {efforts}")
+
+
+def _check_messages(messages: Iterable[dict], what: str) -> list[dict]:
+    """The messages as a list, after checking every part the encoder reads."""
     messages = list(messages)
-    if reasoning_effort not in REASONING_EFFORTS:
-        raise ValueError(f"reasoning_effort must be one of {REASONING_EFFORTS}, "
-                         f"got {reasoning_effort!r}")
     for i, m in enumerate(messages):
-        if m.get("role") not in ("system", "user", "assistant", "tool"):
-            raise ValueError(f"message {i}: unknown role {m.get('role')!r}")
-
-    all_tools = list(tools or []) + [t for m in messages for t in (m.get("tools") or [])]
-    keep_all_reasoning = bool(all_tools)  # spec: with tools, nothing is dropped
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-
-    parts = [BOS]
-    if thinking and reasoning_effort == "max":
-        parts.append(REASONING_EFFORT_MAX + "\n\n")
-
-    # The leading system messages and the tools section form the header.
-    start = 0
-    while start < len(messages) and messages[start]["role"] == "system":
-        start += 1
-    header = [_text(m.get("content")) for m in messages[:start]]
-    if all_tools:
-        header.append(render_tools_section(all_tools))
-    parts.append("\n\n".join(h for h in header if h))
-
-    i = start
-    while i < len(messages):
-        m = messages[i]
-        if m["role"] == "system":  # a later system message is plain text at its place
-            parts.append(_text(m.get("content")))
-            i += 1
-        elif m["role"] == "assistant":
-            show = thinking and (keep_all_reasoning or i > last_user)
-            parts.append(ASSISTANT + (THINK_OPEN if show else THINK_CLOSE))
-            parts.append(render_assistant(m, thinking=show))
-            i += 1
-        else:  # a run of tool messages, then at most one user message: one user turn
-            j = i
-            while j < len(messages) and messages[j]["role"] == "tool":
-                j += 1
-            pieces = [TOOL_RESULT_OPEN + r + TOOL_RESULT_CLOSE
-                      for r in _ordered_tool_results(messages, i, j)]
-            if j < len(messages) and messages[j]["role"] == "user":
-                pieces.append(_text(messages[j].get("content")))
-                j += 1
-            parts.append(USER + "\n\n".join(pieces))
-            i = j
-
-    if not messages or messages[-1]["role"] != "assistant":
-        parts.append(ASSISTANT + (THINK_OPEN if thinking else THINK_CLOSE))
-    return "".join(parts)
-
-
-def render_assistant(message: dict, thinking: bool = True) -> str:
-    """One assistant turn as the model emits it after ``<｜Assistant｜><think>``.
-
-    ``reasoning</think>content[DSML block]<｜end▁of▁sentence｜>``; with ``thinking=False``
-    (chat mode, or reasoning dropped from history) the reasoning and ``</think>`` are left out.
-    ``parse(render_assistant(m))`` gives back the reasoning, content and tool calls of ``m``.
-    """
-    out = ""
-    if thinking:
-        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-        out += reasoning + THINK_CLOSE
-    out += _text(message.get("content"))
-    if message.get("tool_calls"):
-        out += render_tool_calls(message["tool_calls"])
-    return out + EOS
+        where = f"{what} {i}"
+        if not isinstance(m, dict):
+            raise ValueError(f"{where} must be a dict, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise ValueError(f"{where}: unknown role {role!r}; expected one of {ROLES}")
+        if "reasoning" in m:
+            raise ValueError(f"{where}: DeepSeek's format names the reasoning "
+                             f"'reasoning_content', not 'reasoning'")
+        if "content_blocks" in m:
+            raise ValueError(f"{where}: 'content_blocks' is not an input key; give user text "
+                             f"as 'content' and tool results as tool messages")
+        task = m.get("task")
+        if task is not None and task not in TASKS:
+            raise ValueError(f"{where}: unknown task {task!r}; expected one of {tuple(TASKS)}")
+        for key in ("tools", "response_format"):
+            if m.get(key) and role not in ("system", "developer"):
+                raise ValueError(f"{where}: {key!r} belongs on a system or developer message, "
+                                 f"not on a {role} message")
+        content = m.get("content")
+        if role == "tool":
+            if not isinstance(m.get("tool_call_id"), (str, type(None))):
+                raise ValueError(f"{where}: tool_call_id must be a string")
+            if isinstance(content, list) and not all(isinstance(b, dict) for b in content):
+                raise ValueError(f"{where}: a list of tool-result parts must hold dicts")
+        elif role == "developer":
+            if not isinstance(content, str) or not content:
+                raise ValueError(f"{where}: a developer message needs non-empty string content")
+        elif role in ("user", "latest_reminder") or content is not None:
+            if not isinstance(content, str) and not (role == "user" and "content" not in m):
+                raise ValueError(f"{where}: {role} content must be a string, "
+                                 f"got {type(content).__name__}")
+        if m.get("tools"):
+            _tool_schemas(m["tools"], where)
+        if m.get("response_format"):
+            _to_json(m["response_format"], f"{where}: response_format")
+        if role == "assistant":
+            if m.get("reasoning_content") is not None and not isinstance(
+                    m["reasoning_content"], str):
+                raise ValueError(f"{where}: reasoning_content must be a string")
+            for call in m.get("tool_calls") or []:
+                _call_arguments(call, where)
+        elif m.get("tool_calls"):
+            raise ValueError(f"{where}: only assistant messages make tool calls")
+    return messages
 
 
-def render_tool_calls(tool_calls: list[dict]) -> str:
-    """The DSML block for a list of tool calls, starting with its ``\\n\\n`` separator.
-
-    Each call is OpenAI-style ``{"type": "function", "function": {"name", "arguments"}}`` or
-    flat ``{"name", "arguments"}``; arguments are a dict or a JSON string of an object.
-    String values get ``string="true"`` and are written raw; any other value gets
-    ``string="false"`` and is written as JSON (``json.dumps(v, ensure_ascii=False)``).
-    """
-    lines = ["\n\n" + TOOL_CALLS_OPEN]
-    for call in tool_calls:
-        name, arguments = _normalize_call(call)
-        lines.append(f'{INVOKE_OPEN} name="{name}">')
-        for key, value in arguments.items():
-            _check_name(key, "parameter name")
-            if isinstance(value, str):
-                flag, text = "true", value
-            else:
-                flag, text = "false", json.dumps(value, ensure_ascii=False, allow_nan=False)
-            lines.append(f'{PARAMETER_OPEN} name="{key}" string="{flag}">{text}{PARAMETER_CLOSE}')
-        lines.append(INVOKE_CLOSE)
-    lines.append(TOOL_CALLS_CLOSE)
-    return "\n".join(lines)
-
-
-def render_tools_section(tools: list[dict]) -> str:
-    """The tools section of the system prompt: DSML syntax, then one JSON schema per line.
-
-    An OpenAI tool ``{"type": "function", "function": {...}}`` is listed by its ``function``
-    object (name, description, parameters); any other dict is listed as it is.
-    """
-    schemas = [json.dumps(t.get("function", t), ensure_ascii=False) for t in tools]
-    return TOOLS_SECTION.replace("{schemas}", "\n".join(schemas))
-
-
-def _text(content: Any) -> str:
-    """Message content as text: None is empty, strings stay, anything else must be a string."""
-    if content is None:
-        return ""
-    if not isinstance(content, str):
-        raise TypeError(f"message content must be a string, got {type(content).__name__}")
-    return content
+def _to_json(value: Any, what: str) -> str:
+    """JSON as DeepSeek's encoder writes it (``ensure_ascii=False``); NaN and infinities raise."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} cannot be written as JSON: {e}") from None
 
 
 def _check_name(name: Any, what: str) -> None:
@@ -245,44 +281,280 @@ def _check_name(name: Any, what: str) -> None:
                          f"or newlines, got {name!r}")
 
 
-def _normalize_call(call: dict) -> tuple[str, dict]:
-    """(name, arguments dict) of an OpenAI-style or flat tool call."""
-    fn = call.get("function", call)
+def _tool_schemas(tools: Any, where: str) -> list[str]:
+    """One JSON line per tool definition: its ``function`` object."""
+    if not isinstance(tools, list):
+        raise ValueError(f"{where}: tools must be a list of tool definitions")
+    lines = []
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
+            raise ValueError(f"{where}: tool {k} must be an OpenAI tool definition "
+                             f'{{"type": "function", "function": {{...}}}}, got {tool!r}')
+        lines.append(_to_json(tool["function"], f"{where}: tool {k}"))
+    return lines
+
+
+def _call_arguments(call: Any, where: str = "tool call") -> tuple[str, dict]:
+    """(name, arguments dict) of an OpenAI-style tool call, checked."""
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        raise ValueError(f"{where}: a tool call must be "
+                         f'{{"type": "function", "function": {{"name", "arguments"}}}}, '
+                         f"got {call!r}")
+    fn = call["function"]
     name = fn.get("name")
-    _check_name(name, "tool name")
-    arguments = fn.get("arguments") or {}
+    _check_name(name, f"{where}: tool name")
+    arguments = fn.get("arguments")
     if isinstance(arguments, str):
-        arguments = json.loads(arguments) if arguments.strip() else {}
+        try:
+            arguments = json.loads(arguments)
+        except ValueError as e:
+            raise ValueError(f"{where}: arguments of tool call {name!r} are not valid JSON "
+                             f"({e})") from None
     if not isinstance(arguments, dict):
-        raise ValueError(f"arguments of tool call {name!r} must be a JSON object, "
-                         f"got {type(arguments).__name__}")
+        raise ValueError(f"{where}: arguments of tool call {name!r} must be a JSON object "
+                         f"(a dict or its JSON string), got {type(arguments).__name__}")
+    for key, value in arguments.items():
+        _check_name(key, f"{where}: parameter name of {name!r}")
+        if not isinstance(value, str):
+            _to_json(value, f"{where}: parameter {key!r} of {name!r}")
     return name, arguments
 
 
-def _ordered_tool_results(messages: list[dict], i: int, j: int) -> list[str]:
-    """Contents of the tool messages ``messages[i:j]`` in the order of the calls they answer.
+def _merge_tool_messages(messages: list[dict]) -> list[dict]:
+    """Copies of the messages with tool results merged into user turns.
 
-    The calls are those of the nearest assistant message before ``i``.  Results are sorted by
-    ``tool_call_id`` when every tool message has an id that one of those calls carries;
-    otherwise they keep message order.
+    A tool message joins the user turn just before it, or starts one.  A user message joins
+    the user turn just before it unless that turn has a task.  Each user turn holds its parts
+    under ``"_parts"``: ``("text", str)`` or ``("tool_result", tool_call_id, content)``.
     """
-    results = messages[i:j]
-    call_ids: list = []
-    for m in reversed(messages[:i]):
-        if m["role"] == "assistant":
-            call_ids = [c.get("id") for c in (m.get("tool_calls") or [])]
-            break
-    ids = [m.get("tool_call_id") for m in results]
-    if all(x is not None and x in call_ids for x in ids):
-        results = sorted(results, key=lambda m: call_ids.index(m["tool_call_id"]))
-    return [_tool_result_text(m.get("content")) for m in results]
+    merged: list[dict] = []
+    for m in messages:
+        m = copy.deepcopy(m)
+        joins = bool(merged) and merged[-1]["role"] == "user"
+        if m["role"] == "tool":
+            part = ("tool_result", m.get("tool_call_id", ""), m.get("content", ""))
+            if joins:
+                merged[-1]["_parts"].append(part)
+            else:
+                merged.append({"role": "user", "_parts": [part]})
+        elif m["role"] == "user":
+            part = ("text", m.get("content", ""))
+            if joins and merged[-1].get("task") is None:
+                merged[-1]["_parts"].append(part)
+            else:
+                turn = {"role": "user", "_parts": [part]}
+                for key in ("task", "wo_eos"):
+                    if key in m:
+                        turn[key] = m[key]
+                merged.append(turn)
+        else:
+            merged.append(m)
+    return merged
+
+
+def _order_tool_results(turns: list[dict]) -> list[dict]:
+    """Sort the tool results of each user turn into the order of the latest calls.
+
+    The order comes from the ids of the last assistant turn that made calls; a result whose
+    id is missing or unknown sorts as if it answered the first call (the sort is stable).
+    Other parts keep their places.
+    """
+    order: dict = {}
+    for m in turns:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            order = {}
+            for k, call in enumerate(m["tool_calls"]):
+                call_id = call.get("id") or call.get("function", {}).get("id")
+                if call_id:
+                    order[call_id] = k
+        elif m["role"] == "user" and order:
+            slots = [k for k, p in enumerate(m["_parts"]) if p[0] == "tool_result"]
+            if len(slots) > 1:
+                results = sorted((m["_parts"][k] for k in slots),
+                                 key=lambda p: order.get(p[1], 0))
+                for k, part in zip(slots, results):
+                    m["_parts"][k] = part
+    return turns
+
+
+def _last_user_index(turns: list[dict]) -> int:
+    return max((i for i, m in enumerate(turns) if m["role"] in ("user", "developer")),
+               default=-1)
+
+
+def _drop_history(turns: list[dict]) -> list[dict]:
+    """Before the last user turn: assistant turns lose their reasoning, developer turns go."""
+    last = _last_user_index(turns)
+    kept = []
+    for i, m in enumerate(turns):
+        if i >= last or m["role"] in ("user", "system", "latest_reminder"):
+            kept.append(m)
+        elif m["role"] == "assistant":
+            kept.append({k: v for k, v in m.items() if k != "reasoning_content"})
+    return kept
 
 
 def _tool_result_text(content: Any) -> str:
-    """A tool result as text: strings stay, None is empty, other values become JSON."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    return json.dumps(content, ensure_ascii=False)
+    if isinstance(content, list):  # OpenAI content parts: the text ones
+        content = "\n\n".join(p.get("text", "") if p.get("type") == "text"
+                              else f"[Unsupported {p.get('type')}]" for p in content)
+    return TOOL_RESULT_OPEN + str(content) + TOOL_RESULT_CLOSE
+
+
+def _header_sections(m: dict, where: str) -> str:
+    """The tools and response-format sections a system or developer message adds."""
+    out = ""
+    if m.get("tools"):
+        out += "\n\n" + TOOLS_SECTION.replace("{schemas}", "\n".join(_tool_schemas(m["tools"],
+                                                                                  where)))
+    if m.get("response_format"):
+        out += "\n\n" + RESPONSE_FORMAT_SECTION.format(
+            schema=_to_json(m["response_format"], where))
+    return out
+
+
+def _render_turn(i: int, turns: list[dict], thinking: bool, drop: bool, last_user: int) -> str:
+    m = turns[i]
+    role = m["role"]
+    where = f"turn {i}"
+    if role == "system":
+        out = (m.get("content") or "") + _header_sections(m, where)
+    elif role == "developer":
+        out = USER + m["content"] + _header_sections(m, where)
+    elif role == "user":
+        out = USER + "\n\n".join(p[1] if p[0] == "text" else _tool_result_text(p[2])
+                                 for p in m["_parts"])
+    elif role == "latest_reminder":
+        out = LATEST_REMINDER + m["content"]
+    else:  # assistant
+        out = ""
+        after_task = i > 0 and turns[i - 1].get("task") is not None
+        if thinking and not after_task and (not drop or i > last_user):
+            out += (m.get("reasoning_content") or "") + THINK_CLOSE
+        out += m.get("content") or ""
+        if m.get("tool_calls"):
+            out += render_tool_calls(m["tool_calls"])
+        if not m.get("wo_eos", False):
+            out += EOS
+
+    # What follows the turn: nothing when another non-assistant turn comes next; else the
+    # task token, or (after a user or developer turn) the assistant marker.
+    if i + 1 < len(turns) and turns[i + 1]["role"] not in ("assistant", "latest_reminder"):
+        return out
+    task = m.get("task")
+    if task == "action":
+        out += ASSISTANT + (THINK_OPEN if thinking else THINK_CLOSE) + TASKS[task]
+    elif task is not None:
+        out += TASKS[task]
+    elif role in ("user", "developer"):
+        opens = thinking and (not drop or i >= last_user)
+        out += ASSISTANT + (THINK_OPEN if opens else THINK_CLOSE)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The friendly entry point and the pieces of an assistant turn
+
+
+def render(messages: Iterable[dict], tools: list[dict] | None = None, thinking: bool = True,
+           reasoning_effort: str | None = None, generation: str = "v4",
+           drop_thinking: bool = True) -> str:
+    """Render a conversation as one V4 prompt string: :func:`encode_messages` plus conveniences.
+
+    On top of DeepSeek's input format, ``render`` accepts: ``tools`` as an argument (added to
+    the first message when it is a system message, else in a new empty system message first,
+    as a server does); tool definitions given as bare function objects; ``reasoning`` as
+    another name for ``reasoning_content``; flat tool calls ``{"name", "arguments"}``; and
+    tool results that are not strings (written as JSON, where DeepSeek's encoder writes
+    Python's ``str()``).  ``thinking`` picks thinking or chat mode.
+
+    When the last message is not an assistant turn, the prompt ends with the generation prompt
+    ``<｜Assistant｜><think>`` (or ``</think>``); otherwise it ends with that turn's EOS.
+    """
+    messages = [_friendly_message(i, m) for i, m in enumerate(messages)]
+    if tools:
+        tools = [_friendly_tool(t) for t in tools]
+        if messages and messages[0]["role"] == "system":
+            messages[0]["tools"] = list(messages[0].get("tools") or []) + tools
+        else:
+            messages.insert(0, {"role": "system", "content": "", "tools": tools})
+    return encode_messages(messages, thinking_mode="thinking" if thinking else "chat",
+                           reasoning_effort=reasoning_effort, generation=generation,
+                           drop_thinking=drop_thinking)
+
+
+def _friendly_tool(tool: Any) -> Any:
+    if isinstance(tool, dict) and "function" not in tool and "name" in tool:
+        return {"type": "function", "function": tool}
+    return tool
+
+
+def _friendly_call(call: Any) -> Any:
+    if isinstance(call, dict) and "function" not in call and "name" in call:
+        return {"type": "function",
+                "function": {"name": call["name"], "arguments": call.get("arguments") or {}}}
+    return call
+
+
+def _friendly_message(i: int, m: Any) -> Any:
+    if not isinstance(m, dict):
+        return m
+    m = dict(m)
+    if "reasoning" in m:
+        reasoning = m.pop("reasoning")
+        m.setdefault("reasoning_content", reasoning)
+    if m.get("tools"):
+        m["tools"] = [_friendly_tool(t) for t in m["tools"]]
+    if m.get("tool_calls"):
+        m["tool_calls"] = [_friendly_call(c) for c in m["tool_calls"]]
+    if m.get("role") == "tool" and not isinstance(m.get("content"), (str, list)):
+        content = m.get("content")
+        m["content"] = "" if content is None else _to_json(content, f"message {i}: tool result")
+    return m
+
+
+def render_assistant(message: dict, thinking: bool = True) -> str:
+    """One assistant turn as the model emits it after ``<｜Assistant｜><think>``.
+
+    ``reasoning</think>content[DSML block]<｜end▁of▁sentence｜>``; with ``thinking=False``
+    (chat mode, or reasoning dropped from history) the reasoning and ``</think>`` are left out.
+    ``parse(render_assistant(m))`` gives back the reasoning, content and tool calls of ``m``.
+    """
+    m = _friendly_message(0, message)
+    out = ""
+    if thinking:
+        out += (m.get("reasoning_content") or "") + THINK_CLOSE
+    content = m.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"assistant content must be a string, got {type(content).__name__}")
+    out += content or ""
+    if m.get("tool_calls"):
+        out += render_tool_calls(m["tool_calls"])
+    return out + EOS
+
+
+def render_tool_calls(tool_calls: list[dict]) -> str:
+    """The DSML block for a list of tool calls, starting with its ``\\n\\n`` separator.
+
+    Each call is OpenAI-style ``{"type": "function", "function": {"name", "arguments"}}`` (or
+    flat ``{"name", "arguments"}``); arguments are a dict or a JSON string of an object.
+    String values get ``string="true"`` and are written raw; any other value gets
+    ``string="false"`` and is written as JSON (``json.dumps(v, ensure_ascii=False)``).
+    """
+    invokes = []
+    for call in tool_calls:
+        name, arguments = _call_arguments(_friendly_call(call))
+        params = [f'{PARAMETER_OPEN} name="{key}" string="{"true" if isinstance(v, str) else "false"}">'
+                  f"{v if isinstance(v, str) else _to_json(v, key)}{PARAMETER_CLOSE}"
+                  for key, v in arguments.items()]
+        invokes.append(f'{INVOKE_OPEN} name="{name}">\n' + "\n".join(params) + f"\n{INVOKE_CLOSE}")
+    return f"\n\n{TOOL_CALLS_OPEN}\n" + "\n".join(invokes) + f"\n{TOOL_CALLS_CLOSE}"
+
+
+def render_tools_section(tools: list[dict]) -> str:
+    """The tools section (DeepSeek's text, ending in a newline) for OpenAI tool definitions."""
+    return TOOLS_SECTION.replace("{schemas}", "\n".join(
+        _tool_schemas([_friendly_tool(t) for t in tools], "tools")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,13 +578,15 @@ class DSMLParseError(ValueError):
 class ParsedMessage:
     """An assistant turn read back from model output.
 
-    ``tool_calls`` is a list of ``{"name": str, "arguments": dict}``.  Unpacks as a 3-tuple:
-    ``reasoning, content, tool_calls = parse(text)``.
+    ``tool_calls`` is a list of ``{"name": str, "arguments": dict}``; ``repairs`` lists what
+    ``parse(..., lenient=True)`` accepted that the format does not allow (empty otherwise).
+    Unpacks as a 3-tuple: ``reasoning, content, tool_calls = parse(text)``.
     """
 
     reasoning: str
     content: str
     tool_calls: list[dict] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator:
         return iter((self.reasoning, self.content, self.tool_calls))
@@ -329,14 +603,31 @@ class ParsedMessage:
         return message
 
 
-def parse(text: str) -> ParsedMessage:
+# Block names that models write by mistake for "tool_calls", compared without "_" and case:
+# V3.2's "function_calls", and "toolcalls" / "tool_call" / "function_call".
+_MISSPELT_BLOCKS = {"toolcalls", "toolcall", "functioncalls", "functioncall", "toolscalls"}
+
+
+def _block_key(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def parse(text: str, lenient: bool = False) -> ParsedMessage:
     """Read one assistant turn: reasoning, content and tool calls.
 
     The reasoning is the text before the first ``</think>`` (empty when there is none; a
     leading ``<think>`` is skipped).  The content runs to the EOS or to
     ``\\n\\n<｜DSML｜tool_calls``; text after the first EOS is not part of the turn and is
-    ignored.  A DSML block is parsed strictly: anything malformed raises
-    :class:`DSMLParseError`, and only whitespace may stand between tags or after the block.
+    ignored.  The DSML block is parsed strictly: anything malformed raises
+    :class:`DSMLParseError` (with the offset), and only whitespace may stand between tags or
+    after the block.  ``｜DSML｜`` is a special token that content and reasoning never hold, so
+    any other DSML text raises as well.
+
+    Misspellings real models emit: by default a block opened as ``<｜DSML｜toolcalls>``,
+    ``<｜DSML｜function_calls>`` (V3.2's name) or the like raises a DSMLParseError naming the
+    misspelling, and so does a block without the blank line before it.  With
+    ``lenient=True`` both are accepted and each is reported in ``ParsedMessage.repairs``;
+    the tags inside the block are strict either way.  Nothing is ever returned as content.
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() takes a string, got {type(text).__name__}")
@@ -347,15 +638,49 @@ def parse(text: str) -> ParsedMessage:
 
     think_end = text.find(THINK_CLOSE, start, end)
     if think_end >= 0:
-        reasoning, start = text[start:think_end], think_end + len(THINK_CLOSE)
+        reasoning, content_start = text[start:think_end], think_end + len(THINK_CLOSE)
+        inside = text.find(DSML, start, think_end)
+        if inside >= 0:
+            raise DSMLParseError("DSML markup inside the reasoning (tool calls come after "
+                                 f"{THINK_CLOSE})", inside, DSML)
     else:
-        reasoning = ""
+        reasoning, content_start = "", start
 
-    block = text.find(TOOL_CALLS_START, start, end)
-    if block < 0:
-        return ParsedMessage(reasoning, text[start:end], [])
-    calls = _DSMLReader(text, block + 2, end).read_block()  # + 2: skip the "\n\n"
-    return ParsedMessage(reasoning, text[start:block], calls)
+    at = text.find(DSML, content_start, end)
+    if at < 0:
+        return ParsedMessage(reasoning, text[content_start:end], [])
+    repairs: list[str] = []
+    lt = at - 1
+    if lt < content_start or text[lt] != "<":
+        what = "a closing DSML tag" if text[lt:at] == "/" and lt >= content_start else "DSML text"
+        raise DSMLParseError(f"{what} outside a {TOOL_CALLS_OPEN} block", max(lt, content_start),
+                             DSML)
+    j = at + len(DSML)
+    while j < end and (text[j].isalnum() or text[j] in "_-"):
+        j += 1
+    name = text[at + len(DSML):j]
+    tag = f"<{DSML}{name}"
+    if name != TOOL_CALLS_BLOCK:
+        if j == end and TOOL_CALLS_BLOCK.startswith(name):
+            raise DSMLParseError(f"the turn ends inside {TOOL_CALLS_OPEN}", lt, tag)
+        if _block_key(name) not in _MISSPELT_BLOCKS:
+            raise DSMLParseError(f"expected {TOOL_CALLS_OPEN} to open the tool-call block, "
+                                 f"found DSML tag {name!r}", lt, tag)
+        if not lenient:
+            raise DSMLParseError(f"misspelled block name {name!r}: V4 writes "
+                                 f"{TOOL_CALLS_BLOCK!r} (parse(..., lenient=True) accepts it)",
+                                 lt, tag)
+        repairs.append(f"block name {name!r} read as {TOOL_CALLS_BLOCK!r}")
+    content_end = lt
+    if lt - 2 >= content_start and text[lt - 2:lt] == "\n\n":
+        content_end = lt - 2
+    elif not lenient:
+        raise DSMLParseError(f"the {TOOL_CALLS_OPEN} block must follow a blank line "
+                             f"(\\n\\n) (parse(..., lenient=True) accepts it)", lt, tag)
+    else:
+        repairs.append("no blank line before the tool_calls block")
+    calls = _DSMLReader(text, lt, end, name).read_block()
+    return ParsedMessage(reasoning, text[content_start:content_end], calls, repairs)
 
 
 def _reject_constant(name: str):
@@ -366,16 +691,17 @@ def _reject_constant(name: str):
 class _DSMLReader:
     """A cursor over ``text[pos:end]`` that reads one DSML block, tag by tag.
 
-    Grammar (``ws`` = optional whitespace)::
+    Grammar (``ws`` = optional whitespace; BLOCK is ``tool_calls`` unless parse is lenient)::
 
-        block     := TOOL_CALLS_OPEN (ws invoke)+ ws TOOL_CALLS_CLOSE ws <end>
+        block     := '<｜DSML｜' BLOCK '>' (ws invoke)+ ws '</｜DSML｜' BLOCK '>' ws <end>
         invoke    := INVOKE_OPEN ' name="' NAME '">' (ws parameter)* ws INVOKE_CLOSE
         parameter := PARAMETER_OPEN ' name="' NAME '" string="' (true|false) '">' VALUE
                      PARAMETER_CLOSE
     """
 
-    def __init__(self, text: str, pos: int, end: int):
+    def __init__(self, text: str, pos: int, end: int, block: str = TOOL_CALLS_BLOCK):
         self.text, self.pos, self.end = text, pos, end
+        self.open_tag, self.close_tag = f"<{DSML}{block}>", f"</{DSML}{block}>"
 
     def error(self, message: str, tag: str, offset: int | None = None) -> DSMLParseError:
         """A DSMLParseError at ``offset`` (default: the cursor) that quotes the text found."""
@@ -412,23 +738,23 @@ class _DSMLReader:
 
     def read_block(self) -> list[dict]:
         """The whole block: its calls, after checking nothing but whitespace follows it."""
-        self.expect(TOOL_CALLS_OPEN, TOOL_CALLS_OPEN)
+        self.expect(self.open_tag, self.open_tag)
         calls = []
         while True:
             self.skip_whitespace()
             if self.at(INVOKE_OPEN):
                 calls.append(self.read_invoke())
-            elif self.at(TOOL_CALLS_CLOSE):
+            elif self.at(self.close_tag):
                 if not calls:
-                    raise self.error("tool_calls block without any invoke", TOOL_CALLS_OPEN)
-                self.pos += len(TOOL_CALLS_CLOSE)
+                    raise self.error("tool_calls block without any invoke", self.open_tag)
+                self.pos += len(self.close_tag)
                 break
             else:
-                raise self.error(f"expected {INVOKE_OPEN!r} or {TOOL_CALLS_CLOSE!r}",
-                                 TOOL_CALLS_OPEN)
+                raise self.error(f"expected {INVOKE_OPEN!r} or {self.close_tag!r}",
+                                 self.open_tag)
         self.skip_whitespace()
         if self.pos != self.end:
-            raise self.error("unexpected text after the tool_calls block", TOOL_CALLS_CLOSE)
+            raise self.error("unexpected text after the tool_calls block", self.close_tag)
         return calls
 
     def read_invoke(self) -> dict:
@@ -484,9 +810,10 @@ class _DSMLReader:
 
 __all__ = [
     "BOS", "EOS", "USER", "ASSISTANT", "LATEST_REMINDER", "THINK_OPEN", "THINK_CLOSE",
-    "TASK_TOKENS", "DSML", "TOOL_CALLS_OPEN", "TOOL_CALLS_CLOSE", "INVOKE_OPEN", "INVOKE_CLOSE",
-    "PARAMETER_OPEN", "PARAMETER_CLOSE", "TOOL_CALLS_START", "TOOL_RESULT_OPEN",
-    "TOOL_RESULT_CLOSE", "REASONING_EFFORT_MAX", "TOOLS_SECTION", "DSMLParseError",
-    "ParsedMessage", "render", "render_assistant", "render_tool_calls", "render_tools_section",
-    "parse",
+    "TASK_TOKENS", "TASKS", "DSML", "TOOL_CALLS_OPEN", "TOOL_CALLS_CLOSE", "INVOKE_OPEN",
+    "INVOKE_CLOSE", "PARAMETER_OPEN", "PARAMETER_CLOSE", "TOOL_CALLS_START", "TOOL_RESULT_OPEN",
+    "TOOL_RESULT_CLOSE", "ROLES", "THINKING_MODES", "GENERATIONS", "REASONING_EFFORT_MAX",
+    "REASONING_EFFORT_BEYOND_MAX", "REASONING_EFFORT_PROMPTS", "TOOLS_SECTION",
+    "RESPONSE_FORMAT_SECTION", "DSMLParseError", "ParsedMessage", "encode_messages", "render",
+    "render_assistant", "render_tool_calls", "render_tools_section", "parse",
 ]
