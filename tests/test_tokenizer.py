@@ -1,8 +1,12 @@
 """Tokenizers of the chat format: the byte-level one and a real `tokenizers` BPE file."""
+import json
+import re
+from pathlib import Path
+
 import pytest
 
-from v4lab.chat import (ASSISTANT, BOS, DSML, EOS, INVOKE_OPEN, TASK_TOKENS, THINK_OPEN,
-                        render)
+from v4lab.chat import (ASSISTANT, BOS, DSML, EOS, INVOKE_OPEN, TASK_TOKENS, TASKS, THINK_CLOSE,
+                        THINK_OPEN, encode_messages, render)
 from v4lab.tokenizer import (CHAT_TOKENS, SPECIAL_STRINGS, ByteTokenizer, check_chat_tokens,
                              load_tokenizer)
 
@@ -49,7 +53,7 @@ def test_byte_tokenizer_every_special_string_is_one_id():
         if s != "<pad>":
             assert tok.encode(s) == [i], s
         assert tok.decode([i]) == s
-    for s in CHAT_TOKENS + TASK_TOKENS:
+    for s in CHAT_TOKENS:
         assert len(tok.encode(s)) == 1, s
     assert set(check_chat_tokens(tok)) == set(CHAT_TOKENS)
 
@@ -142,3 +146,42 @@ def test_check_chat_tokens_names_split_tokens(tmp_path):
     with pytest.raises(ValueError, match="<｜User｜>"):
         check_chat_tokens(tok)
     assert check_chat_tokens(tok, [BOS, EOS]) == {BOS: 0, EOS: 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Every special token of the real format (as DeepSeek's encoder writes it) is covered
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "spec" / "chat-golden" / "vectors.json"
+
+
+def format_tokens():
+    """The special-token strings that appear in prompts of the chat format: every <｜...｜>
+    marker in the golden prompts and in the task tokens, plus the thinking and DSML tokens."""
+    texts = [c["expected"] for c in json.loads(GOLDEN.read_text())] if GOLDEN.exists() else []
+    texts += [encode_messages([{"role": "user", "content": "q", "task": t}]) for t in TASKS]
+    found = set()
+    for text in texts:
+        found.update(re.findall(r"<｜[^｜<>]+｜>", text))
+        found.update(s for s in (THINK_OPEN, THINK_CLOSE, DSML) if s in text)
+    return found
+
+
+def test_chat_tokens_cover_every_special_token_of_the_format():
+    tokens = format_tokens()
+    assert len(tokens) >= 8 + len(TASK_TOKENS)  # BOS EOS User Assistant reminder think x2 DSML
+    assert tokens <= set(CHAT_TOKENS), tokens - set(CHAT_TOKENS)
+    tok = ByteTokenizer()
+    ids = check_chat_tokens(tok)
+    assert set(ids) == set(CHAT_TOKENS) and len(set(ids.values())) == len(CHAT_TOKENS)
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason="golden vectors not present")
+def test_byte_tokenizer_round_trips_golden_prompts():
+    tok = ByteTokenizer()
+    for case in json.loads(GOLDEN.read_text()):
+        text = case["expected"]
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text, case["name"]
+        for s in CHAT_TOKENS:
+            if s != DSML:  # the DSML token is also inside the longer DSML tag ids
+                assert ids.count(tok.special_tokens[s]) == text.count(s), (case["name"], s)

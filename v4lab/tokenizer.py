@@ -27,7 +27,8 @@ openers stop before their attributes: ``<｜DSML｜invoke name="f">`` is id 11, 
 ``tokenizers`` package behind the same interface, and :func:`check_chat_tokens` verifies that
 the chat tokens are single ids in any of these tokenizers.
 
-Encoding a rendered prompt (:func:`v4lab.chat.render`) needs no ``add_bos``: the prompt already
+Encoding a rendered prompt (:func:`v4lab.chat.encode_messages`, :func:`v4lab.chat.render`)
+needs no ``add_bos``: the prompt already
 starts with the BOS string, which encodes to the BOS id.  Special strings typed by a user are
 encoded as special ids too; strip them from untrusted text before rendering if that matters.
 """
@@ -52,8 +53,11 @@ SPECIAL_STRINGS = (
     *TASK_TOKENS,
 )
 
-# The strings every tokenizer used with the chat format must keep as one id each.
-CHAT_TOKENS = (BOS, EOS, USER, ASSISTANT, LATEST_REMINDER, THINK_OPEN, THINK_CLOSE, DSML)
+# The strings every tokenizer used with the chat format must keep as one id each: every
+# special token that v4lab.chat.encode_messages writes (turn and thinking markers, the DSML
+# token, the task tokens).  <tool_result> is plain text in the real format.
+CHAT_TOKENS = (BOS, EOS, USER, ASSISTANT, LATEST_REMINDER, THINK_OPEN, THINK_CLOSE, DSML,
+               *TASK_TOKENS)
 
 
 class ByteTokenizer:
