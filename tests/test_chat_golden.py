@@ -130,8 +130,9 @@ def test_task_tokens():
 
 def test_zero_argument_calls_and_dict_arguments():
     def turn(arguments):
-        return [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "now", "arguments": arguments}}]}]
+        return [{"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "now", "arguments": arguments}}]}]
     zero = encode_messages(turn("{}"))
     assert zero.endswith(C + '\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="now">\n\n'
                          "</｜DSML｜invoke>\n</｜DSML｜tool_calls>" + E)
@@ -140,6 +141,17 @@ def test_zero_argument_calls_and_dict_arguments():
     assert encode_messages(turn(typed)) == encode_messages(turn(json.dumps(typed)))
     assert ('<｜DSML｜parameter name="list" string="false">[1, "é"]</｜DSML｜parameter>'
             in encode_messages(turn(typed)))
+
+
+def test_arguments_that_are_not_json():
+    turn = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "run", "arguments": "ls -l"}}]}]
+    # the V4 encoder writes them as one raw string parameter; the 0731 encoder raises
+    assert encode_messages(turn).endswith(
+        '<｜DSML｜invoke name="run">\n<｜DSML｜parameter name="arguments" string="true">ls -l'
+        "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>" + E)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        encode_messages(turn, generation="v4-0731")
 
 
 def test_reasoning_effort_tiers():
@@ -172,7 +184,8 @@ def test_context_is_not_rendered_but_shapes_the_prompt():
     full = encode_messages(context + results)
     assert full.endswith(encode_messages(results, context=context))
     assert not encode_messages(results, context=context, add_default_bos_token=True).startswith(B)
-    assert encode_messages(CALLING, add_default_bos_token=False) == encode_messages(CALLING)[len(B):]
+    no_bos = encode_messages(CALLING, add_default_bos_token=False)
+    assert no_bos == encode_messages(CALLING)[len(B):]
 
 
 def test_render_is_encode_messages_with_conveniences():
@@ -211,7 +224,8 @@ def test_render_is_encode_messages_with_conveniences():
     ({"messages": [{"role": "assistant", "tool_calls": [{"name": "f", "arguments": {}}]}]},
      "function"),
     ({"messages": [{"role": "assistant", "tool_calls": [
-        {"function": {"name": "f", "arguments": "{oops"}}]}]}, "not valid JSON"),
+        {"function": {"name": "f", "arguments": "{oops"}}]}], "generation": "v4-0731"},
+     "not valid JSON"),
     ({"messages": [{"role": "assistant", "tool_calls": [
         {"function": {"name": "f", "arguments": "[1]"}}]}]}, "JSON object"),
     ({"messages": [{"role": "assistant", "tool_calls": [

@@ -176,15 +176,19 @@ def encode_messages(messages: Iterable[dict], thinking_mode: str = "thinking",
     rendered, and neither is BOS.
 
     Raises ``ValueError`` naming the problem for an unknown role, option, task or effort, and
-    for messages the format cannot express.  Deliberate differences from DeepSeek's code,
-    where it would write a prompt that cannot be parsed back: arguments that are not a JSON
-    object, NaN or infinite values, and names with quotes, angle brackets or newlines raise.
-    A dict of arguments renders like the same object given as a JSON string.
+    for messages the format cannot express.  Arguments that are not valid JSON raise in
+    ``"v4-0731"`` (as its encoder does) and become one raw parameter named ``arguments`` in
+    ``"v4"`` (as its encoder does).  Deliberate differences from DeepSeek's code, where it
+    would write a prompt that cannot be parsed back or fail with an internal error: arguments
+    that decode to something else than an object, NaN or infinite values, and names with
+    quotes, angle brackets or newlines raise; a dict of arguments renders like the same
+    object given as a JSON string (the original V4 encoder nests it under ``arguments``).
     """
     _check_options(thinking_mode, reasoning_effort, generation)
     thinking = thinking_mode == "thinking"
-    context = _check_messages(context or [], "context message")
-    messages = _check_messages(messages, "message")
+    raw = generation == "v4"  # the V4 encoder keeps arguments that are not JSON as one string
+    context = _check_messages(context or [], "context message", raw)
+    messages = _check_messages(messages, "message", raw)
 
     history, turns = _merge_tool_messages(context), _merge_tool_messages(messages)
     full = _order_tool_results(history + turns)
@@ -199,7 +203,7 @@ def encode_messages(messages: Iterable[dict], thinking_mode: str = "thinking",
     for i in range(first, len(full)):
         if i == 0 and thinking and effort:
             prompt += effort + "\n\n"
-        prompt += _render_turn(i, full, thinking, drop, last_user)
+        prompt += _render_turn(i, full, thinking, drop, last_user, raw)
     return prompt
 
 
@@ -215,7 +219,7 @@ def _check_options(thinking_mode: Any, reasoning_effort: Any, generation: Any) -
                          f"{generation!r}; expected one of {efforts}")
 
 
-def _check_messages(messages: Iterable[dict], what: str) -> list[dict]:
+def _check_messages(messages: Iterable[dict], what: str, raw: bool = False) -> list[dict]:
     """The messages as a list, after checking every part the encoder reads."""
     messages = list(messages)
     for i, m in enumerate(messages):
@@ -242,8 +246,13 @@ def _check_messages(messages: Iterable[dict], what: str) -> list[dict]:
         if role == "tool":
             if not isinstance(m.get("tool_call_id"), (str, type(None))):
                 raise ValueError(f"{where}: tool_call_id must be a string")
-            if isinstance(content, list) and not all(isinstance(b, dict) for b in content):
-                raise ValueError(f"{where}: a list of tool-result parts must hold dicts")
+            if isinstance(content, list):
+                if not all(isinstance(b, dict) for b in content):
+                    raise ValueError(f"{where}: a list of tool-result parts must hold dicts")
+                for b in content:
+                    if b.get("type") == "text" and not isinstance(b.get("text", ""), str):
+                        raise ValueError(f"{where}: the text of a tool-result part must be a "
+                                         f"string, got {type(b.get('text')).__name__}")
         elif role == "developer":
             if not isinstance(content, str) or not content:
                 raise ValueError(f"{where}: a developer message needs non-empty string content")
@@ -260,7 +269,7 @@ def _check_messages(messages: Iterable[dict], what: str) -> list[dict]:
                     m["reasoning_content"], str):
                 raise ValueError(f"{where}: reasoning_content must be a string")
             for call in m.get("tool_calls") or []:
-                _call_arguments(call, where)
+                _call_arguments(call, where, raw)
         elif m.get("tool_calls"):
             raise ValueError(f"{where}: only assistant messages make tool calls")
     return messages
@@ -294,8 +303,11 @@ def _tool_schemas(tools: Any, where: str) -> list[str]:
     return lines
 
 
-def _call_arguments(call: Any, where: str = "tool call") -> tuple[str, dict]:
-    """(name, arguments dict) of an OpenAI-style tool call, checked."""
+def _call_arguments(call: Any, where: str = "tool call", raw: bool = False) -> tuple[str, dict]:
+    """(name, arguments dict) of an OpenAI-style tool call, checked.
+
+    ``raw``: a string that is not JSON becomes ``{"arguments": string}`` (what the original
+    V4 encoder does) instead of raising (what the 0731 encoder does)."""
     if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
         raise ValueError(f"{where}: a tool call must be "
                          f'{{"type": "function", "function": {{"name", "arguments"}}}}, '
@@ -308,6 +320,8 @@ def _call_arguments(call: Any, where: str = "tool call") -> tuple[str, dict]:
         try:
             arguments = json.loads(arguments)
         except ValueError as e:
+            if raw:
+                return name, {"arguments": arguments}
             raise ValueError(f"{where}: arguments of tool call {name!r} are not valid JSON "
                              f"({e})") from None
     if not isinstance(arguments, dict):
@@ -413,7 +427,8 @@ def _header_sections(m: dict, where: str) -> str:
     return out
 
 
-def _render_turn(i: int, turns: list[dict], thinking: bool, drop: bool, last_user: int) -> str:
+def _render_turn(i: int, turns: list[dict], thinking: bool, drop: bool, last_user: int,
+                 raw: bool) -> str:
     m = turns[i]
     role = m["role"]
     where = f"turn {i}"
@@ -433,7 +448,7 @@ def _render_turn(i: int, turns: list[dict], thinking: bool, drop: bool, last_use
             out += (m.get("reasoning_content") or "") + THINK_CLOSE
         out += m.get("content") or ""
         if m.get("tool_calls"):
-            out += render_tool_calls(m["tool_calls"])
+            out += _tool_calls_block(m["tool_calls"], raw)
         if not m.get("wo_eos", False):
             out += EOS
 
@@ -541,12 +556,17 @@ def render_tool_calls(tool_calls: list[dict]) -> str:
     String values get ``string="true"`` and are written raw; any other value gets
     ``string="false"`` and is written as JSON (``json.dumps(v, ensure_ascii=False)``).
     """
+    return _tool_calls_block([_friendly_call(c) for c in tool_calls], raw=False)
+
+
+def _tool_calls_block(tool_calls: list[dict], raw: bool) -> str:
     invokes = []
     for call in tool_calls:
-        name, arguments = _call_arguments(_friendly_call(call))
-        params = [f'{PARAMETER_OPEN} name="{key}" string="{"true" if isinstance(v, str) else "false"}">'
-                  f"{v if isinstance(v, str) else _to_json(v, key)}{PARAMETER_CLOSE}"
-                  for key, v in arguments.items()]
+        name, arguments = _call_arguments(call, raw=raw)
+        params = []
+        for key, v in arguments.items():
+            flag, text = ("true", v) if isinstance(v, str) else ("false", _to_json(v, key))
+            params.append(f'{PARAMETER_OPEN} name="{key}" string="{flag}">{text}{PARAMETER_CLOSE}')
         invokes.append(f'{INVOKE_OPEN} name="{name}">\n' + "\n".join(params) + f"\n{INVOKE_CLOSE}")
     return f"\n\n{TOOL_CALLS_OPEN}\n" + "\n".join(invokes) + f"\n{TOOL_CALLS_CLOSE}"
 
