@@ -388,3 +388,35 @@ def test_bf16_reference_keeps_fp32_parameters_and_bf16_streams():
     with torch.no_grad():
         logits, H = m16(_ids(16), return_hidden=True)
     assert H.dtype == torch.bfloat16 and logits.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------------
+# the trained model: each mode's distance from the reference it was trained with
+# ------------------------------------------------------------------------------------------------
+def test_flash_mini_modes_stay_close_to_reference():
+    """On the trained flash-mini (smooth, unlike the random tiny model), leaving out the QAT
+    roundings or computing in bf16 changes the logits by well under 1%, the deployed FP8
+    arithmetic by a few percent, and the loss by under 1%."""
+    from v4lab.data import BOS_ID, encode_text, long_document
+    from v4lab.pretrained import has_weights, load_flash_mini
+
+    if not has_weights():
+        pytest.skip("flash-mini weights not available")
+    ref = load_flash_mini()
+    ids = torch.tensor([[BOS_ID] + encode_text(long_document(200_000).text[150_000:150_511])])
+    with torch.no_grad():
+        out = {"reference": ref(ids)[0], "hf": copy.deepcopy(ref).set_numerics("hf")(ids)[0],
+               "bf16": load_flash_mini(dtype=torch.bfloat16)(ids)[0],
+               "deployed": load_flash_mini(numerics="deployed", dtype=torch.bfloat16)(ids)[0]}
+    r = out["reference"]
+
+    def rel(x):
+        return ((x - r).norm(dim=-1) / r.norm(dim=-1)).median().item()
+
+    def loss(x):
+        return F.cross_entropy(x[:-1], ids[0, 1:]).item()
+
+    assert 0 < rel(out["hf"]) < 0.01 and 0 < rel(out["bf16"]) < 0.01
+    assert rel(out["bf16"]) < rel(out["deployed"]) < 0.03
+    assert abs(loss(out["deployed"]) / loss(r) - 1) < 0.01
+    assert (out["deployed"].argmax(-1) == r.argmax(-1)).float().mean() > 0.95

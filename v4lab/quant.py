@@ -18,6 +18,9 @@ the largest magnitude of a block lands in ``(qmax/2, qmax]`` and nothing overflo
 
 The QAT helpers (:func:`fp8_roundtrip`, :func:`fp4_roundtrip`, :func:`hadamard`) simulate the
 precision the trained model sees on its KV entries and indexer queries/keys (spec 4.2, 4.4, 4.5).
+The deployed helpers (:func:`act_quant`, :func:`checkpoint_weight`, :func:`deployed_linear`) give
+the arithmetic of ``numerics="deployed"``: FP8 activations (one ue8m0 scale per 128 inputs) times
+FP8 / FP4 checkpoint-format weights, fp32 accumulation, bf16 results.
 
 Scale tensors are returned as ``torch.float8_e8m0fnu`` where this torch build has it and as
 ``torch.uint8`` bytes otherwise; every function here accepts either (and int8 views).
