@@ -114,8 +114,9 @@ def test_chat_segments_regions_and_round_trip():
     assert ' name="x" string="false">1' in by_region["dsml"]
     results = [s["text"] for s in segs if s["region"] == "tool_result"]
     assert results == ["<tool_result>R</tool_result>"]
-    # the tools section mentions "<tool_result>" on its own: that is not a result
-    assert "<tool_result> blocks" in by_region["plain"]
+    # the tools section is plain text, though it spells <think>...</think>
+    assert "## Tools" in by_region["plain"] and "complete reasoning" in by_region["plain"]
+    assert "complete reasoning" not in by_region["reasoning"]
     assert segs[-1]["text"] == chat.THINK_OPEN and segs[-1]["region"] == "reasoning"
 
 

@@ -173,8 +173,9 @@ CHAT_COLORS = {"reasoning": "#fff3c4", "dsml": "#dceeff", "tool_result": "#ddf5d
 def chat_segments(text: str, tokenizer=None) -> list[dict]:
     """``text`` split as ``tokenizer`` (default: :class:`v4lab.tokenizer.ByteTokenizer`) reads it:
     a list of ``{"text", "id" (special tokens only, else None), "region"}`` where region
-    is "reasoning" (after ``<think>`` up to ``</think>``), "dsml" (inside a tool-call block),
-    "tool_result" (inside ``<tool_result>...</tool_result>``) or "plain"."""
+    is "reasoning" (from the ``<think>`` after ``<｜Assistant｜>`` up to ``</think>``), "dsml"
+    (inside a tool-call block), "tool_result" (inside ``<tool_result>...</tool_result>``) or
+    "plain"."""
     import re
 
     from .. import chat
@@ -207,7 +208,9 @@ def chat_segments(text: str, tokenizer=None) -> list[dict]:
             continue
         flush_run()
         s = special[i]
-        if s == chat.THINK_OPEN:
+        if s == chat.THINK_OPEN and segs and segs[-1]["text"] == chat.ASSISTANT:
+            # reasoning opens right after the assistant marker (the tools section also
+            # spells <think>...</think> in its text)
             segs.append({"text": s, "id": i, "region": "reasoning"})
             region = "reasoning"
         elif s == chat.THINK_CLOSE:
