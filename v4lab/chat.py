@@ -263,7 +263,7 @@ def _check_messages(messages: Iterable[dict], what: str, raw: bool = False) -> l
         if m.get("tools"):
             _tool_schemas(m["tools"], where)
         if m.get("response_format"):
-            _to_json(m["response_format"], f"{where}: response_format")
+            _to_json(m["response_format"], f"{where}: response_format", allow_nan=True)
         if role == "assistant":
             if m.get("reasoning_content") is not None and not isinstance(
                     m["reasoning_content"], str):
@@ -275,10 +275,11 @@ def _check_messages(messages: Iterable[dict], what: str, raw: bool = False) -> l
     return messages
 
 
-def _to_json(value: Any, what: str) -> str:
-    """JSON as DeepSeek's encoder writes it (``ensure_ascii=False``); NaN and infinities raise."""
+def _to_json(value: Any, what: str, allow_nan: bool = False) -> str:
+    """JSON as DeepSeek's encoder writes it (``ensure_ascii=False``); NaN and infinities raise
+    unless ``allow_nan`` (schemas may hold them; an argument value could not be parsed back)."""
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        return json.dumps(value, ensure_ascii=False, allow_nan=allow_nan)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} cannot be written as JSON: {e}") from None
 
@@ -299,7 +300,7 @@ def _tool_schemas(tools: Any, where: str) -> list[str]:
         if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
             raise ValueError(f"{where}: tool {k} must be an OpenAI tool definition "
                              f'{{"type": "function", "function": {{...}}}}, got {tool!r}')
-        lines.append(_to_json(tool["function"], f"{where}: tool {k}"))
+        lines.append(_to_json(tool["function"], f"{where}: tool {k}", allow_nan=True))
     return lines
 
 
@@ -423,7 +424,7 @@ def _header_sections(m: dict, where: str) -> str:
                                                                                   where)))
     if m.get("response_format"):
         out += "\n\n" + RESPONSE_FORMAT_SECTION.format(
-            schema=_to_json(m["response_format"], where))
+            schema=_to_json(m["response_format"], where, allow_nan=True))
     return out
 
 
