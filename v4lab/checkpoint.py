@@ -1376,8 +1376,9 @@ def load_checkpoint(
     parameters in ``dtype`` (mHC, sinks, ``ape`` and router bias stay fp32, as in ``V4Model``),
     and filled one tensor at a time from memory maps, dequantising on the way.
 
-    ``numerics``: ``"reference"`` (default for a new model) or ``"hf"`` (for parity with
-    ``transformers``).  ``experts``: ``"dequantize"`` (routed experts become ``dtype`` weights)
+    ``numerics``: ``"reference"`` (default for a new model), ``"hf"`` (for parity with
+    ``transformers``) or ``"deployed"`` (a bf16 model computing as DeepSeek's deployed inference
+    code: see ``V4Model``).  ``experts``: ``"dequantize"`` (routed experts become ``dtype`` weights)
     or ``"packed"`` (they stay packed FP4 in :class:`PackedFP4Linear` and are dequantised per
     call: identical logits, about 0.53 bytes per expert parameter; needs the official layout with
     ``expert_dtype: fp4``).  ``model``: load into this model instead (its dtype/device are

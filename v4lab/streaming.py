@@ -331,7 +331,7 @@ class StreamedModel:
                 self._reserve((r1 - r0) * row, f"head rows {r0}..{r1 - 1}")
                 try:
                     w = table[r0:r1].to(device=self.device, dtype=head.dtype, copy=True)
-                    if m.numerics == "reference":
+                    if m.numerics != "hf":  # reference and deployed: the head in fp32
                         out[..., r0:r1] = F.linear(f32(y), f32(w))
                     else:
                         out[..., r0:r1] = f32(F.linear(y, w))
