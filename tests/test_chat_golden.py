@@ -221,6 +221,8 @@ def test_render_is_encode_messages_with_conveniences():
     ({"messages": [{"role": "user", "content": None}]}, "NoneType"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "Q"}]}]}, "list"),
     ({"messages": [{"role": "system", "tools": [{"name": "bare"}]}]}, "bare"),
+    ({"messages": [{"role": "tool", "content": [{"type": "text", "text": None}]}]},
+     "text of a tool-result part"),
     ({"messages": [{"role": "assistant", "tool_calls": [{"name": "f", "arguments": {}}]}]},
      "function"),
     ({"messages": [{"role": "assistant", "tool_calls": [
