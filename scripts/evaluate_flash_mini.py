@@ -17,7 +17,7 @@ import torch
 
 from v4lab.data import external_text, load_documents
 from v4lab.eval import bits_per_byte, needle_accuracy, quick_check, speculative_generate
-from v4lab.generate import generate
+from v4lab.generation import generate
 from v4lab.plots.eval import plot_needle_accuracy
 from v4lab.pretrained import load_flash_mini, weights_dir
 

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from v4lab import V4Config, costs
 from v4lab.attention import ForwardContext
 from v4lab.cache import CacheError
-from v4lab.generate import generate
+from v4lab.generation import generate
 from v4lab.model import V4Model
 
 # window 16 and HCA 16 so that a few hundred tokens span many blocks and several windows

@@ -4,7 +4,7 @@ import torch
 from v4lab import V4Config
 from v4lab.bench import fit_exponent
 from v4lab.eval import bits_per_byte, needle_accuracy, needle_picks, speculative_generate
-from v4lab.generate import generate
+from v4lab.generation import generate
 from v4lab.model import V4Model
 
 

@@ -10,7 +10,7 @@ _LAZY = {
     "V4Model": "v4lab.model",
     "from_transformers": "v4lab.convert",
     "count_parameters": "v4lab.params",
-    "generate": "v4lab.generate",
+    "generate": "v4lab.generation",
     "inspect_checkpoint": "v4lab.checkpoint",
     "load_checkpoint": "v4lab.checkpoint",
     "save_checkpoint": "v4lab.checkpoint",

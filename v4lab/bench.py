@@ -54,7 +54,7 @@ def _one_run(kind: str, length: int, decode_tokens: int, chunk: int, weights: bo
     ids = torch.randint(32, 32 + 128, (1, length + decode_tokens), generator=torch.Generator().manual_seed(1))
     cache = model.new_cache(1)
     from .attention import ForwardContext
-    from .generate import prefill
+    from .generation import prefill
 
     ctx = ForwardContext(query_block=64 if kind == "dense" else 256)
     t0 = time.perf_counter()

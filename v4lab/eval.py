@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .attention import ForwardContext
 from .data import BOS_ID, decode_ids, encode_text, iter_windows, make_needle_task
-from .generate import prefill
+from .generation import prefill
 
 
 @dataclass
