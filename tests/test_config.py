@@ -135,3 +135,52 @@ def test_kernels_ship_inside_the_package_in_a_regular_install(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
                          check=True, capture_output=True, text=True).stdout
     assert str(target) in out
+
+
+# ------------------------------------------------------------------------------------------------
+# a config is frozen: a changed value is a new, validated config
+# ------------------------------------------------------------------------------------------------
+def test_config_is_frozen_and_replace_revalidates():
+    import dataclasses
+    import pickle
+
+    cfg = V4Config.preset("tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"index_topk.*replace\(index_topk="):
+        cfg.index_topk = 0
+    with pytest.raises(dataclasses.FrozenInstanceError, match="frozen"):
+        del cfg.hidden_size
+    with pytest.raises(dataclasses.FrozenInstanceError, match="frozen"):
+        cfg.new_attribute = 1
+    # the lists and dicts inside are frozen too
+    with pytest.raises(TypeError, match="frozen"):
+        cfg.compress_ratios[1] = 0
+    with pytest.raises(TypeError, match="frozen"):
+        cfg.compress_ratios.append(0)
+    with pytest.raises(TypeError, match="frozen"):
+        cfg.compress_ratios += [0]
+    with pytest.raises(TypeError, match="frozen"):
+        cfg.rope_scaling["factor"] = 2
+    with pytest.raises(TypeError, match="frozen"):
+        cfg.rope_scaling.update(factor=2)
+    assert cfg.index_topk == 4 and cfg.compress_ratios == [0, 4, 8, 4, 8, 0]
+    # a changed value: a new config, validated like any other
+    new = cfg.replace(index_topk=8)
+    assert new.index_topk == 8 and cfg.index_topk == 4 and new != cfg
+    assert dataclasses.replace(cfg, index_topk=8) == new
+    with pytest.raises(ValueError, match="index_topk"):
+        cfg.replace(index_topk=0)
+    with pytest.raises(ValueError, match="index_topk"):
+        dataclasses.replace(cfg, index_topk=0)
+    # copies, pickles and dicts behave as before (plain lists and dicts come out)
+    import copy
+
+    for c in (copy.copy(cfg), copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):
+        assert c == cfg
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            c.index_topk = 1
+    d = cfg.to_dict()
+    assert type(d["compress_ratios"]) is list and type(d["rope_scaling"]) is dict
+    d["compress_ratios"][0] = 4  # the dict is the caller's own
+    assert cfg.compress_ratios[0] == 0 and V4Config(**cfg.to_dict()) == cfg
+    assert cfg.compress_ratios + [1] == [0, 4, 8, 4, 8, 0, 1]
+    assert json.loads(json.dumps(cfg.to_hf()))["compress_rates"]

@@ -9,6 +9,9 @@ Field names follow the shipped ``config.json`` (spec section 1.1).  The layer sc
             shipped models use 128, small test configs may use 8..64.
 
 Presets: ``V4Config.preset("flash" | "pro" | "tiny" | "flash-mini")``.
+
+A config is frozen: ``cfg.index_topk = 8`` raises, and so does changing its lists and dicts in
+place; ``cfg.replace(index_topk=8)`` (or ``dataclasses.replace``) makes a new, validated config.
 """
 from __future__ import annotations
 
@@ -57,6 +60,51 @@ def _flash_schedule() -> list[int]:
 def _pro_schedule() -> list[int]:
     # layers 0-1 HCA, then CSA/HCA alternating (CSA on even layers 2..60), MTP window-only
     return [128, 128] + [4, 128] * 29 + [4] + [0]
+
+
+class _FrozenList(list):
+    """A list that refuses to change (the lists of a frozen ``V4Config``); compares, copies and
+    serialises as a list."""
+
+    def _frozen(self, *a, **k):
+        raise TypeError("this list belongs to a frozen V4Config: make a new config with "
+                        "cfg.replace(field=new_value) instead of changing it in place")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _frozen
+    append = extend = insert = pop = remove = clear = sort = reverse = _frozen
+
+    def __reduce__(self):
+        return (_FrozenList, (list(self),))
+
+
+class _FrozenDict(dict):
+    """A dict that refuses to change (the dicts of a frozen ``V4Config``)."""
+
+    def _frozen(self, *a, **k):
+        raise TypeError("this dict belongs to a frozen V4Config: make a new config with "
+                        "cfg.replace(field=new_value) instead of changing it in place")
+
+    __setitem__ = __delitem__ = __ior__ = _frozen
+    update = pop = popitem = clear = setdefault = _frozen
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
+
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return _FrozenDict({k: _freeze(x) for k, x in v.items()})
+    if isinstance(v, list):
+        return _FrozenList(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    if isinstance(v, dict):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)) and not isinstance(v, str):
+        return [_thaw(x) for x in v] if isinstance(v, list) else tuple(_thaw(x) for x in v)
+    return v
 
 
 @dataclass
@@ -116,6 +164,19 @@ class V4Config:
         if self.rope_scaling is not None:
             self.rope_scaling = dict(self.rope_scaling)
         self.validate()
+        for f in dataclasses.fields(self):  # the config owns its lists and dicts, read-only
+            object.__setattr__(self, f.name, _freeze(copy.deepcopy(getattr(self, f.name))))
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_frozen"):
+            raise dataclasses.FrozenInstanceError(
+                f"V4Config is frozen: cannot set {name!r}; make a new, validated config with "
+                f"cfg.replace({name}=...)")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError(f"V4Config is frozen: cannot delete {name!r}")
 
     # ------------------------------------------------------------------ validation -----------
     def validate(self) -> None:
@@ -234,10 +295,12 @@ class V4Config:
         return cls(**kw)
 
     def replace(self, **changes) -> "V4Config":
-        return dataclasses.replace(copy.deepcopy(self), **changes)
+        """A new config with ``changes`` applied, validated (the config itself never changes)."""
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return copy.deepcopy(dataclasses.asdict(self))
+        """Every field, as plain (mutable, the caller's own) lists and dicts."""
+        return {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     # ------------------------------------------------------------------ HF round trip ----------
     @classmethod
