@@ -515,3 +515,31 @@ def test_fp8_experts_read_as_fp4(tmp_path):
     msg = str(e.value)
     assert "expert_dtype='fp4'" in msg and "layers.0.ffn.experts.0.w1.weight" in msg
     assert "model-00001-of-00001.safetensors" in msg
+
+
+# ------------------------------------------------------------------------------------------------
+# tid2eid: int64 (v4lab, transformers) or int32 (as DeepSeek's reference code declares it)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["official", "hf"])
+def test_int32_tid2eid_loads_like_int64(tmp_path, layout):
+    cfg = V4Config.preset("tiny")
+    model = random_model(cfg)
+    folder = tmp_path / "ck"
+    save_checkpoint(model, folder, layout=layout, max_shard_bytes=60_000)
+    names = [n for n in sio.ShardedCheckpoint(folder).weight_map if n.endswith("tid2eid")]
+    assert len(names) == cfg.num_hash_layers
+    for name in names:
+        edit_shard(folder, name, lambda t, n=name: t.__setitem__(n, t[n].to(torch.int32)))
+    r = inspect_checkpoint(folder)
+    assert r.count_by_dtype.get("I32") == cfg.num_hash_layers and "I64" not in r.count_by_dtype
+    assert r.ok, r.text()
+    ids = ids_for(cfg, 37, batch=2)
+    want = logits(model, ids)
+    loaded = load_checkpoint(folder, numerics="reference")
+    assert torch.equal(loaded.layers[0].ffn.gate.tid2eid, model.layers[0].ffn.gate.tid2eid)
+    assert torch.equal(logits(loaded, ids), want)
+    assert torch.equal(logits(StreamedModel(folder, numerics="reference"), ids), want)
+    # an int32 table placed into the model as it is routes the same tokens to the same experts
+    for blk in model.layers[: cfg.num_hash_layers]:
+        blk.ffn.gate.tid2eid = blk.ffn.gate.tid2eid.to(torch.int32)
+    assert torch.equal(logits(model, ids), want)

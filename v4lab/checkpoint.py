@@ -5,7 +5,8 @@ Two layouts exist (spec section 8):
 * **official** -- the shipped ``deepseek-ai/DeepSeek-V4-{Flash,Pro}`` files: reference module
   names without a ``model.`` prefix (``layers.3.attn.wq_a.weight``), FP8 e4m3 linear weights with
   a ue8m0 ``.scale`` per 128 x 128 block, routed experts as packed FP4 (int8 [N, K/2]) with a ue8m0
-  scale per 32, everything else BF16/F32, ``tid2eid`` int64, and the MTP block ``mtp.0.*``.
+  scale per 32, everything else BF16/F32, ``tid2eid`` int64 (int32, as DeepSeek's reference code
+  declares it, loads too), and the MTP block ``mtp.0.*``.
 * **hf** -- what ``transformers`` (``DeepseekV4ForCausalLM``) saves: ``model.layers.3.self_attn.
   q_a_proj.weight`` ..., unquantised, routed experts fused per layer
   (``mlp.experts.gate_up_proj`` [E, 2I, d] with the gate rows first, ``down_proj`` [E, d, I]),
@@ -735,7 +736,9 @@ def _inspect(path, config, layout) -> CheckpointReport:
                 continue
             if t.shape != eshape:
                 misshapen.append(TensorMismatch(n, file_of[n], (edt, tuple(eshape)), (t.dtype, tuple(t.shape))))
-            if t.dtype != edt and not (layout == "hf" and edt in floats and t.dtype in floats):
+            # tid2eid: int64 (v4lab, transformers) or int32 (as DeepSeek's reference code declares it)
+            if t.dtype != edt and not (layout == "hf" and edt in floats and t.dtype in floats) \
+                    and not (edt == "I64" and t.dtype == "I32"):
                 wrong_dtype.append(TensorMismatch(n, file_of[n], (edt, tuple(eshape)), (t.dtype, tuple(t.shape))))
 
     return CheckpointReport(

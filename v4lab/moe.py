@@ -68,7 +68,7 @@ class Gate(nn.Module):
         if self.hash:
             if token_ids is None:
                 raise ValueError("hash-routed MoE layers need the input token ids")
-            idx = self.tid2eid[token_ids]
+            idx = self.tid2eid[token_ids].long()  # the table may be int32 (DeepSeek's reference) or int64
         else:
             idx = torch.topk(s.detach() + self.bias.detach(), self.k, dim=-1).indices
         w = s.gather(-1, idx)
