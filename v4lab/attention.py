@@ -121,7 +121,8 @@ class Attention(nn.Module):
             qI, wI = self.indexer.queries(xi, cqi, pos, self.rope)
 
         scale = D**-0.5
-        if self.backend == "triton" and not (ctx.dense_csa or ctx.indexer_loss or ctx.record):
+        if self.backend == "triton" and not (ctx.dense_csa or ctx.indexer_loss or ctx.record or (
+                torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))):
             o = self._core_triton(q, pos, win_kv, win_start, comp, qI if m == 4 else None,
                                   wI if m == 4 else None, keys, scale)
             return self._output(o, pos, x)

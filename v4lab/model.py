@@ -109,6 +109,11 @@ class V4Model(nn.Module):
     * ``"hf"``: what ``transformers`` 5.23 (``models/deepseek_v4/modeling_deepseek_v4.py``)
       computes: no QAT round trips, the routing weight after the down projection, SwiGLU in the
       model dtype; for exact parity tests.
+
+    ``backend`` (``"torch"``, ``"triton"``, ``"auto"`` = Triton on a CUDA device): the Triton
+    attention kernels have no backward, so whenever a gradient is needed (grad mode on and an input
+    or a parameter of the layer requires grad) the attention runs on the torch path, with the same
+    result; the kernels run under ``torch.no_grad()`` / ``inference_mode()`` or with frozen weights.
     """
 
     def __init__(self, config: V4Config, backend: str = "auto", numerics: str = "reference",
@@ -204,7 +209,8 @@ class V4Model(nn.Module):
 
     def set_backend(self, backend: str) -> "V4Model":
         """'torch' (readable PyTorch), 'triton' (the kernels of v4lab.kernels), or 'auto':
-        Triton on a CUDA device, PyTorch elsewhere."""
+        Triton on a CUDA device, PyTorch elsewhere.  Where a gradient is needed the attention
+        uses the torch path (the kernels have no backward)."""
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
         if backend not in BACKENDS:
