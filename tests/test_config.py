@@ -40,7 +40,6 @@ BAD = [
     ("compress_ratios", [0, 0, 4], "num_hidden_layers + 1"),
     ("compress_ratios", [0, 0] + [4, 128] * 20 + [4, 4], "MTP"),
     ("index_topk", 0, ">= 1"),
-    ("index_head_dim", 96, "power of two"),
     ("num_key_value_heads", 2, "MQA"),
     ("hidden_size", 0, "positive integer"),
     ("num_experts_per_tok", 300, "n_routed_experts"),

@@ -275,5 +275,9 @@ def test_hadamard_matches_matrix_orthogonal_and_self_inverse(n):
 def test_hadamard_dtype_and_errors():
     x = torch.randn(4, 128, dtype=torch.bfloat16)
     assert hadamard(x).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="power of two"):
-        hadamard(torch.randn(3, 12))
+    with pytest.raises(ValueError, match="last dim"):
+        hadamard(torch.randn(3, 0))
+    # a width that is not a power of two: zero-padded to 16, first 12 outputs, scale 12^-1/2
+    y = torch.randn(3, 12, dtype=torch.float64)
+    want = hadamard(torch.nn.functional.pad(y, (0, 4)))[..., :12] * math.sqrt(16 / 12)
+    assert torch.allclose(hadamard(y), want, atol=1e-12)

@@ -212,8 +212,6 @@ class V4Config:
             bad("qk_rope_head_dim", f"must be <= head_dim ({self.head_dim})")
         if r > self.index_head_dim:
             bad("qk_rope_head_dim", f"must be <= index_head_dim ({self.index_head_dim})")
-        if self.index_head_dim & (self.index_head_dim - 1):
-            bad("index_head_dim", "must be a power of two (Hadamard rotation of indexer q/k)")
         if not isinstance(self.index_topk, int) or self.index_topk < 1:
             bad("index_topk", "must be >= 1")
         if self.num_experts_per_tok > self.n_routed_experts:

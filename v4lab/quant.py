@@ -447,33 +447,45 @@ def round_bf16(x: torch.Tensor) -> torch.Tensor:
 
 
 def hadamard(x: torch.Tensor) -> torch.Tensor:
-    """Normalised Walsh-Hadamard transform over the last dim (size n, a power of two):
+    """Normalised Walsh-Hadamard transform over the last dim (size n):
     ``x @ H_n / sqrt(n)`` with the Sylvester matrix ``H_2n = [[H_n, H_n], [H_n, -H_n]]``.
 
-    O(n log n) butterfly; orthogonal and its own inverse.  bf16/fp16 inputs are transformed in
-    float32 and cast back; the result has ``x.dtype`` and is differentiable."""
+    A width n that is not a power of two is handled as DeepSeek's ``rotate_activation`` does it
+    (``fast_hadamard_transform.hadamard_transform(x, scale=n ** -0.5)``): x is zero-padded to the
+    next power of two N, transformed with H_N, and the first n outputs are kept, still scaled by
+    ``n ** -0.5``.  That map is ``x @ H_N[:n, :n] / sqrt(n)``; it is orthogonal (and its own
+    inverse) only when n is a power of two.
+
+    O(N log N) butterfly.  bf16/fp16 inputs are transformed in float32 and cast back; the result
+    has ``x.dtype`` and is differentiable."""
     n = x.shape[-1]
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"hadamard: the last dim must be a power of two, got {n}")
+    if n < 1:
+        raise ValueError(f"hadamard: the last dim must be >= 1, got {n}")
+    N = 1 << (n - 1).bit_length()
     compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     y = x.to(compute)
+    if N != n:
+        y = torch.nn.functional.pad(y, (0, N - n))
     lead = y.shape[:-1]
     h = 1
-    while h < n:
-        y = y.reshape(*lead, n // (2 * h), 2, h)
+    while h < N:
+        y = y.reshape(*lead, N // (2 * h), 2, h)
         a, b = y[..., 0, :], y[..., 1, :]
         y = torch.stack([a + b, a - b], dim=-2)
         h *= 2
-    return (y.reshape(*lead, n) * (1.0 / math.sqrt(n))).to(x.dtype)
+    return (y.reshape(*lead, N)[..., :n] * (1.0 / math.sqrt(n))).to(x.dtype)
 
 
 def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32, normalized: bool = True) -> torch.Tensor:
-    """The n x n Sylvester Hadamard matrix (scaled by n^-1/2 when ``normalized``)."""
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"hadamard_matrix: n must be a power of two, got {n}")
+    """The n x n matrix of :func:`hadamard` (``hadamard(x) == x @ hadamard_matrix(n)``): the
+    Sylvester Hadamard matrix for a power of two n, else the leading n x n block of the one of
+    the next power of two; scaled by n^-1/2 when ``normalized``."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"hadamard_matrix: n must be a positive integer, got {n!r}")
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    h = h[:n, :n]
     if normalized:
         h = h / math.sqrt(n)
     return h.to(dtype)
