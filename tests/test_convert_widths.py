@@ -90,3 +90,33 @@ def test_from_transformers_loads_and_matches_on_widths_that_are_not_powers_of_tw
         assert diff <= 1e-4, f"{name} L={n}: max |diff| {diff}"
         # the reference numerics (padded Hadamard + FP4 on the indexer, FP8 KV) compute too
         assert torch.isfinite(qat).all() and (qat - got).abs().max() > 1e-4
+
+
+IGNORED_BY_THE_PORT = {  # transformers accepts these; its modules compute the same whatever they say
+    "kv-heads-2": dict(num_key_value_heads=2),
+    "shared-experts-0": dict(n_shared_experts=0),
+    "shared-experts-2": dict(n_shared_experts=2),
+    "nextn-2": dict(num_nextn_predict_layers=2),
+}
+
+
+@pytest.mark.parametrize("name", list(IGNORED_BY_THE_PORT))
+def test_from_transformers_accepts_fields_the_port_does_not_compute_with(name):
+    from transformers import DeepseekV4Config, DeepseekV4ForCausalLM
+
+    from hf_oracle import hf_config, randomize
+
+    base = V4Config.preset("tiny")
+    d = hf_config(base).to_dict()
+    d.update(IGNORED_BY_THE_PORT[name])
+    for k in ("model_type", "architectures", "transformers_version"):
+        d.pop(k, None)
+    torch.manual_seed(0)
+    hf = randomize(DeepseekV4ForCausalLM(DeepseekV4Config(**d)).float().eval(), 3, base.n_routed_experts)
+    ours = from_transformers(hf)
+    assert ours.config.num_key_value_heads == 1 and ours.config.n_shared_experts == 1
+    ids = torch.randint(0, base.vocab_size, (1, 45), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref, got = hf(ids).logits, ours(ids)
+    assert ref.abs().max() > 0.5
+    assert (ref - got).abs().max().item() <= 1e-4

@@ -123,7 +123,16 @@ def from_transformers(hf_model, numerics: str = "hf", backend: str = "torch"):
     otherwise.  The HF port has no MTP block: ours keeps its freshly initialised one."""
     from .model import V4Model
 
-    cfg = V4Config.from_hf(hf_model.config)
+    hc = hf_model.config
+    d = hc.to_dict()
+    if hasattr(hc, "qk_rope_head_dim"):  # runtime-only attribute of the HF config
+        d["qk_rope_head_dim"] = hc.qk_rope_head_dim
+    # fields the transformers port reads but does not compute with: its attention always has one
+    # shared K=V head, its MoE block always one shared expert of moe_intermediate_size, and it has
+    # no MTP block (ours keeps one, freshly initialised); the config says what it computes
+    d.update(num_key_value_heads=1, n_shared_experts=1,
+             num_nextn_predict_layers=min(1, int(d.get("num_nextn_predict_layers", 1))))
+    cfg = V4Config.from_hf(d)
     sd = hf_to_official(hf_model.state_dict(), cfg)
     dtype = next(hf_model.parameters()).dtype
     model = V4Model(cfg, numerics=numerics, backend=backend, dtype=dtype, device=next(hf_model.parameters()).device)
