@@ -120,3 +120,20 @@ def test_from_transformers_accepts_fields_the_port_does_not_compute_with(name):
         ref, got = hf(ids).logits, ours(ids)
     assert ref.abs().max() > 0.5
     assert (ref - got).abs().max().item() <= 1e-4
+
+
+def test_triton_backend_on_an_indexer_width_that_is_not_a_power_of_two(monkeypatch):
+    """The kernels pad head widths to a power of two themselves; reference numerics also run the
+    padded Hadamard (an expensive test under the interpreter, so one numerics only)."""
+    pytest.importorskip("triton")
+    from v4lab.model import V4Model
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = V4Config.preset("tiny", index_head_dim=24, index_topk=3)
+    ref = V4Model(cfg, seed=4, numerics="reference")
+    tri = V4Model(cfg, seed=4, numerics="reference", backend="triton")
+    tri.load_state_dict(ref.state_dict())
+    ids = torch.randint(0, cfg.vocab_size, (1, 37), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = ref(ids), tri(ids)
+    assert a.abs().max() > 0.1 and (a - b).abs().max() <= 1e-4
