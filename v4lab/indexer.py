@@ -23,24 +23,44 @@ from .norm import f32
 NEG_INF = float("-inf")
 
 
-def topk_lowest_index(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k indices along the last dim, ties broken by the lowest index; -1 where fewer than k
-    finite scores exist.  scores [..., N] fp32 with -inf for invalid entries -> [..., min(k, N)]."""
+def topk_lowest_index(scores: torch.Tensor, k: int, spare: int | None = None) -> torch.Tensor:
+    """Top-k indices along the last dim in a canonical order (value descending, then index
+    ascending), ties broken by the lowest index; -1 where fewer than k finite scores exist.
+    scores [..., N] fp32 with -inf for invalid entries -> [..., min(k, N)].
+
+    One ``torch.topk`` takes ``k + spare`` candidates (``spare`` defaults to k); ordering them by
+    (value, index) settles every row whose tie at the k-th value ends inside the candidates (ties
+    are common: ReLU makes scores exactly 0, repeated text makes keys equal).  Only a row whose
+    tie runs past all the candidates is sorted whole.  The result equals a stable descending sort
+    of each row cut to k, without sorting rows of N scores."""
     N = scores.shape[-1]
     k = min(k, N)
     if k == 0:
         return scores.new_empty(*scores.shape[:-1], 0, dtype=torch.long)
-    vals, idx = torch.topk(scores, k, dim=-1)
-    kth = vals[..., -1:]
-    # a row needs care only if the k-th value is finite and tied with an entry left out
-    tied = (kth > NEG_INF).squeeze(-1) & ((scores >= kth).sum(-1) > k)
-    if tied.any():
-        rows = scores[tied]
-        order = torch.sort(rows, dim=-1, descending=True, stable=True).indices[..., :k]
-        idx = idx.clone()
-        idx[tied] = order
-        vals = vals.clone()
-        vals[tied] = rows.gather(-1, order)
+    k2 = min(N, k + (k if spare is None else spare))
+    vals, idx = torch.topk(scores, k2, dim=-1)  # values descending
+    kth, last = vals[..., k - 1], vals[..., -1]
+    # canonical order of the candidates: by index, then (stably) by value descending
+    o = idx.sort(dim=-1).indices
+    vals, idx = vals.gather(-1, o), idx.gather(-1, o)
+    o = torch.sort(vals, dim=-1, descending=True, stable=True).indices[..., :k]
+    vals, idx = vals.gather(-1, o), idx.gather(-1, o)
+    if k2 < N:
+        # the tie at the k-th value may go on past the candidates, to entries of lower index
+        spill = (kth > NEG_INF) & (last == kth)
+        if spill.any():
+            # such a row keeps its candidates above the k-th value (all of them are candidates)
+            # and fills the rest with the lowest-index entries equal to it: one more top-k, on
+            # -index where the score ties and -inf elsewhere (exact in fp32 below 2^24 entries)
+            rows, kt, ci = scores[spill], kth[spill][..., None], idx[spill]
+            neg_index = -torch.arange(N, device=scores.device, dtype=torch.float32)
+            lowest = torch.topk(torch.where(rows == kt, neg_index, NEG_INF), k, dim=-1).indices
+            n_above = (vals[spill] > kt).sum(-1, keepdim=True)
+            j = torch.arange(k, device=scores.device)
+            fill = lowest.gather(-1, (j - n_above).clamp(min=0))
+            idx, vals = idx.clone(), vals.clone()
+            idx[spill] = torch.where(j >= n_above, fill, ci)
+            vals[spill] = torch.where(j >= n_above, kt, vals[spill])
     return torch.where(vals > NEG_INF, idx, torch.full_like(idx, -1))
 
 
