@@ -60,6 +60,20 @@ def fp8_nope(x: torch.Tensor, rope_dim: int) -> torch.Tensor:
     return torch.cat([fp8_roundtrip(x[..., :-rope_dim], block=64), x[..., -rope_dim:]], dim=-1)
 
 
+def _entries(store, first: int, new: torch.Tensor) -> torch.Tensor:
+    """All entries of ``store`` after ``new`` (entries first..) was appended to it, [B, N, dim].
+
+    A store in the model's own format and dtype is read in place (a view of its buffer: no copy
+    of anything that grows with the context); ``new`` itself is used where it carries gradients
+    or nothing came before it.  Other formats (deployed FP8/FP4, another dtype) decode the old
+    entries and put this chunk's unrounded ones after them, as before."""
+    if first == 0:
+        return new
+    if new.requires_grad or store.fmt != "native" or store.dtype != new.dtype:
+        return torch.cat([store.get(0, first).to(new.dtype), new], dim=1)
+    return store.get(0, first + new.shape[1])
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: V4Config, ratio: int, dtype=None):
         super().__init__()
@@ -109,15 +123,15 @@ class Attention(nn.Module):
             new, first = self.compressor(x, start_pos, lc.comp, self.rope)
             if self.qat and new.shape[1]:
                 new = fp8_nope(new, self.rope_dim)
-            comp = torch.cat([lc.pool.get(0, first).to(new.dtype), new], dim=1)  # [B, Nc, D]
             lc.pool.truncate(first)
             lc.pool.append(new)
+            comp = _entries(lc.pool, first, new)  # [B, Nc, D]
         if m == 4:
             xi, cqi = (x.detach(), cq.detach()) if ctx.indexer_loss else (x, cq)
             knew, kfirst = self.indexer.new_keys(xi, start_pos, lc.idx_comp, self.rope)
-            keys = torch.cat([lc.idx_pool.get(0, kfirst).to(knew.dtype), knew], dim=1)  # [B, Nc, c_I]
             lc.idx_pool.truncate(kfirst)
             lc.idx_pool.append(knew)
+            keys = _entries(lc.idx_pool, kfirst, knew)  # [B, Nc, c_I]
             qI, wI = self.indexer.queries(xi, cqi, pos, self.rope)
 
         scale = D**-0.5
@@ -133,8 +147,8 @@ class Attention(nn.Module):
             b1 = min(S, b0 + ctx.query_block)
             qb, pb = q[:, b0:b1], pos[b0:b1]  # [B, Q, H, D], [Q]
             # window band: positions pb[0]-w+1 .. pb[-1]
-            lo = max(int(pb[0]) - w + 1 - win_start, 0)
-            hi = int(pb[-1]) + 1 - win_start
+            lo = max(start_pos + b0 - w + 1 - win_start, 0)  # pb[0] = start_pos + b0, no sync
+            hi = start_pos + b1 - win_start
             kw = win_kv[:, lo:hi]  # [B, Kw, D]
             kpos = torch.arange(win_start + lo, win_start + hi, device=x.device)
             wmask = (kpos[None, :] <= pb[:, None]) & (kpos[None, :] > pb[:, None] - w)  # [Q, Kw]
@@ -143,7 +157,7 @@ class Attention(nn.Module):
             parts = [s_win]
             kc = sel = None
             if m:
-                n_vis = (int(pb[-1]) + 1) // m  # entries any query of the block may see
+                n_vis = (start_pos + b1) // m  # entries any query of the block may see
                 if m == 4 and not ctx.dense_csa:
                     iscore = self.indexer.scores(qI[:, b0:b1], wI[:, b0:b1], keys[:, :n_vis], pb)  # [B, Q, n_vis]
                     sel = topk_lowest_index(iscore, self.indexer.topk)  # [B, Q, k], -1 invalid
