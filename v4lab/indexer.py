@@ -116,13 +116,25 @@ class Indexer(nn.Module):
         kT = f32(keys).transpose(1, 2)  # [B, c, N]
         out = q.new_empty(B, S, N, dtype=f32(w).dtype)
         step = max(1, budget // max(1, H * N * B))
+        pos = positions.tolist()
         for s0 in range(0, S, step):
             s1 = min(S, s0 + step)
-            dots = torch.matmul(f32(q[:, s0:s1]).reshape(B, (s1 - s0) * H, c), kT)  # [B, s*H, N]
+            blk = pos[s0:s1]
+            n = min(N, (max(blk) + 1) // ratio)  # no query of this block sees entries >= n
+            out[:, s0:s1, n:] = NEG_INF
+            if n == 0:
+                continue
+            dots = torch.matmul(f32(q[:, s0:s1]).reshape(B, (s1 - s0) * H, c), kT[..., :n])  # [B, s*H, n]
             if w.dtype == torch.bfloat16:
-                prod = r(F.relu(r(dots)).view(B, s1 - s0, H, N) * f32(w[:, s0:s1])[..., None])
-                out[:, s0:s1] = r(prod.sum(2))
-            else:
-                out[:, s0:s1] = torch.einsum("bshn,bsh->bsn", F.relu(dots).view(B, s1 - s0, H, N), w[:, s0:s1])
-        valid = (torch.arange(N, device=q.device)[None, :] + 1) * ratio <= positions[:, None] + 1  # [S, N]
-        return out.masked_fill_(~valid, NEG_INF)
+                prod = r(F.relu(r(dots)).view(B, s1 - s0, H, n) * f32(w[:, s0:s1])[..., None])
+                out[:, s0:s1, :n] = r(prod.sum(2))
+            else:  # the head sum as one batched matrix-vector product, ReLU in place
+                dots = dots.relu_().view(B * (s1 - s0), H, n)
+                out[:, s0:s1, :n] = torch.bmm(w[:, s0:s1].reshape(B * (s1 - s0), 1, H), dots).view(B, s1 - s0, n)
+            # only the trailing entries can be invalid for some queries of the block
+            lo = min(n, (min(blk) + 1) // ratio)
+            if lo < n:
+                cols = torch.arange(lo, n, device=q.device)
+                bad = (cols[None, :] + 1) * ratio > positions[s0:s1, None] + 1
+                out[:, s0:s1, lo:n].masked_fill_(bad, NEG_INF)
+        return out
