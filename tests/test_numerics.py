@@ -176,6 +176,33 @@ def test_deployed_linear_is_fp8_activation_times_checkpoint_weight_in_fp32_to_bf
     assert (got == want).float().mean() > 0.95
 
 
+def test_deployed_linear_shares_one_scale_per_128_inputs():
+    """Inputs 0..63 2**16 times larger than 64..127, and a weight that reads only 64..159: with
+    one scale per 128 inputs the small ones fall among e4m3's subnormals (a power-of-two scale
+    keeps e4m3's relative precision for every value within its 2**15 range; the block size only
+    matters beyond it).  The result must follow that formula and be many bf16 ulps away from both
+    a 64-input block and no rounding."""
+    g = torch.Generator().manual_seed(8)
+    lin = torch.nn.Linear(160, 32, bias=False)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[:, 64:] = torch.randn(32, 96, generator=g) * 0.1
+    lin.weight_format = "fp8"
+    x = torch.randn(8, 160, generator=g)
+    x[:, :64] *= 2.0**16
+    x = x.bfloat16()
+    got = quant.deployed_linear(x, lin).double()
+    w = weight_rt(lin.weight, "fp8")
+
+    def out(xq):
+        return (xq @ w.T).float().to(torch.bfloat16).double()
+
+    want, per64, exact = out(fp8_rt(x.float(), 128)), out(fp8_rt(x.float(), 64)), out(x.double())
+    size = want.abs().amax()
+    assert (got - want).abs().amax() <= 2.0**-7 * size
+    assert (per64 - want).abs().amax() > 2.0**-5 * size and (exact - want).abs().amax() > 2.0**-5 * size
+
+
 def test_bf16_index_scores_follow_the_deployed_bf16_ops():
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 6, 4, 16, generator=g).bfloat16()
