@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .attention import ForwardContext
 from .data import BOS_ID, decode_ids, encode_text, iter_windows, make_needle_task
-from .generation import prefill
+from .generation import check_room, decode, prefill
 
 
 @dataclass
@@ -54,25 +54,29 @@ def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = Non
            record: bool = False, progress: bool = False, cache=None, on_token=None):
     """Greedy answer to a prompt; returns (new ids, records of the answer steps or None).
 
-    ``cache``: an empty ``model.new_cache(1)`` to fill (to measure it afterwards), else a new one.
+    The decode loop is ``generate``'s (:func:`v4lab.generation.decode`): the answer ends at
+    ``stop_id`` (included) or after ``max_new`` tokens, and every answer token is fed, so the cache
+    ends at the end of the answer.  With ``record=True`` the records cover the steps that chose an
+    answer token (the last prompt token and every answer token but the last).  ``cache``: a
+    ``model.new_cache(1)`` to fill (to measure it afterwards), else a new one; its ``pos`` plus the
+    prompt plus ``max_new`` must fit in ``max_position_embeddings`` (checked before any work).
     ``on_token(id)`` is called with each new token as soon as it is chosen (for streaming)."""
+    if not isinstance(max_new, int) or max_new < 0:
+        raise ValueError(f"max_new must be an integer >= 0, got {max_new!r}")
     ids = torch.tensor([prompt_ids], device=model.device)
+    if ids.numel() == 0:
+        raise ValueError("answer: the prompt is empty")
+    if cache is not None:
+        cache.check(model, 1, ids.shape[1])
+    check_room(model, cache, ids.shape[1], max_new, what="answer")
     cache = model.new_cache(1) if cache is None else cache
     # everything but the last prompt token without recording, then the rest with records
     if ids.shape[1] > 1:
         prefill(model, ids[:, :-1], cache, chunk, progress)
     ctx = ForwardContext(record=record)
     logits = model(ids[:, -1:], cache=cache, ctx=ctx)[:, -1]
-    out = []
-    for _ in range(max_new):
-        nxt = int(logits.argmax(-1))
-        out.append(nxt)
-        if on_token is not None:
-            on_token(nxt)
-        if nxt == stop_id or len(out) == max_new:
-            break
-        logits = model(torch.tensor([[nxt]], device=model.device), cache=cache, ctx=ctx)[:, -1]
-    return out, (ctx.records if record else None)
+    rows, *_ = decode(model, logits, cache, max_new, stop=stop_id, on_token=on_token, ctx=ctx)
+    return rows[0], (ctx.records if record else None)
 
 
 def needle_accuracy(model, haystack_text: str, context_len: int, n_trials: int = 5,
