@@ -36,7 +36,7 @@ BAD = [
     ("num_attention_heads", 6, "o_groups"),
     ("qk_rope_head_dim", 7, "even"),
     ("qk_rope_head_dim", 1024, "head_dim"),
-    ("compress_ratios", [0, 0, 4, 128, 4, 128, 4, 3] + [4, 128] * 17 + [4, 0], "compress ratio must be one of"),
+    ("compress_ratios", [0, 0, 4, 128, 4, 128, 4, -3] + [4, 128] * 17 + [4, 0], "compress ratio must be an integer >= 0"),
     ("compress_ratios", [0, 0, 4], "num_hidden_layers + 1"),
     ("compress_ratios", [0, 0] + [4, 128] * 20 + [4, 4], "MTP"),
     ("index_topk", 0, ">= 1"),

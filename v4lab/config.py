@@ -6,7 +6,8 @@ Field names follow the shipped ``config.json`` (spec section 1.1).  The layer sc
 * ``0``   = window-only attention (SWA),
 * ``4``   = CSA, compressed sparse attention (overlapping blocks of 4 + Lightning Indexer),
 * other   = HCA, heavily compressed attention (blocks of that many tokens, dense); the
-            shipped models use 128, small test configs may use 8..64.
+            shipped models use 128, small test configs 8..64; any rate >= 1 works (as in
+            ``transformers``).
 
 Presets: ``V4Config.preset("flash" | "pro" | "tiny" | "flash-mini")``.
 
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CSA_RATIO = 4
-HCA_RATIOS = (8, 16, 32, 64, 128, 256)
-ALLOWED_RATIOS = (0, CSA_RATIO) + HCA_RATIOS
+HCA_RATIOS = (8, 16, 32, 64, 128, 256)  # the rates of the shipped models and the lab presets
+ALLOWED_RATIOS = (0, CSA_RATIO) + HCA_RATIOS  # common rates; any other integer >= 1 is an HCA rate too
 
 # the names transformers uses for the three layer types
 HF_LAYER_TYPES = {
@@ -224,10 +225,10 @@ class V4Config:
                 f"num_hidden_layers + 1 = {self.num_hidden_layers + 1} entries (the last one is the MTP block)"
             )
         for i, m in enumerate(self.compress_ratios):
-            if m not in ALLOWED_RATIOS:
+            if not isinstance(m, int) or isinstance(m, bool) or m < 0:
                 raise ValueError(
-                    f"V4Config.compress_ratios[{i}] = {m}: compress ratio must be one of {ALLOWED_RATIOS} "
-                    "(0 = window-only, 4 = CSA, larger = HCA)"
+                    f"V4Config.compress_ratios[{i}] = {m}: compress ratio must be an integer >= 0, e.g. one "
+                    f"of {ALLOWED_RATIOS} (0 = window-only, 4 = CSA, any other = HCA over blocks of that many tokens)"
                 )
         if self.compress_ratios[-1] != 0:
             bad("compress_ratios", "the last entry (MTP block) must be 0: the MTP block is window-only")
