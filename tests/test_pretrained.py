@@ -50,6 +50,8 @@ def test_demo_answers_a_short_needle_and_reports_its_cache(tmp_path):
     assert res["correct"] and res["answer"] == res["value"]           # 100% at 2K in metrics.json
     assert f"answer: {res['value']}\n" in text and "expected" in text and "prefill:" in text
     assert text.count("CSA layer") == cfg.layer_types.count("csa")
-    pos = 2048 - 1              # prompt (2048 minus the answer "ddddd\n") + the 5 digits fed back
+    # the prompt is 2048 tokens minus the answer "ddddd\n"; the cache ends at the end of the returned
+    # sequence, so all 6 answer tokens (the 5 digits and the stop newline) were fed: 2048 positions
+    pos = 2048
     assert res["dense_kv_bytes"] == cfg.num_hidden_layers * pos * cfg.head_dim * 4
     assert res["kv_bytes"] < res["dense_kv_bytes"] and (tmp_path / "picks.png").stat().st_size > 0
