@@ -64,3 +64,55 @@ def test_bits_per_byte_of_a_random_model_is_near_uniform():
 def test_fit_exponent_recovers_a_power_law():
     rows = [{"length": L, "prefill_s": 3e-6 * L**1.2} for L in (16384, 32768, 65536, 131072)]
     assert abs(fit_exponent(rows, 16384, 131072) - 1.2) < 1e-9
+
+
+def _reader(which):
+    """An answerer that reads the prompt as text: the codes given for the asked key, in order of
+    appearance, and answers ``which(codes, rank)`` (rank from the question's ordinal word)."""
+    import re
+
+    from v4lab.data import ORDINALS, decode_ids, encode_text
+
+    def fake_answer(model, prompt_ids, max_new, stop_id=None, chunk=2048, record=False, **kw):
+        text = decode_ids(prompt_ids[1:])
+        q = re.search(r"gives (\d+) codes for the (.+?)\. What is the (\w+) of them\?\nAnswer: $", text)
+        n, key, word = int(q.group(1)), q.group(2), q.group(3)
+        codes = re.findall(r"The code of the " + re.escape(key) + r" is (\d+)\.", text[: q.start()])
+        assert len(codes) == n
+        rank = n if word == "last" else ORDINALS.index(word) + 1
+        return encode_text(which(codes, rank) + "\n"), ({} if record else None)
+
+    return fake_answer
+
+
+def test_mrcr_accuracy_scores_the_asked_rank_per_rank_and_depth(monkeypatch):
+    import v4lab.eval as ev
+
+    model = _model()
+    text = "It was a bright cold day in April, and the clocks were striking thirteen. " * 80
+    monkeypatch.setattr(ev, "answer", _reader(lambda codes, r: codes[r - 1]))
+    res = ev.mrcr_accuracy(model, text, 1500, n_needles=4, n_trials=8, seed=3)
+    assert [t["ask"] for t in res.trials] == [1, 2, 3, 4, 1, 2, 3, 4]   # every rank asked equally
+    assert res.accuracy == 1.0 and res.by_ask() == {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
+    # the i-th code sits deeper than the (i-1)-th: depths rise with the rank within a trial's set
+    for a, b in zip(res.trials[:3], res.trials[1:4]):
+        assert a["depth"] < b["depth"]
+
+    monkeypatch.setattr(ev, "answer", _reader(lambda codes, r: codes[0]))   # always the first code
+    res = ev.mrcr_accuracy(model, text, 1500, n_needles=4, asks=[1, 2, 4, 1], seed=3)
+    assert res.by_ask() == {1: 1.0, 2: 0.0, 4: 0.0} and res.accuracy == 0.5
+    assert all(0 <= d <= 1 for d in res.by_depth())
+
+
+def test_mrcr_accuracy_refuses_bad_ranks_and_contexts_past_the_model():
+    import pytest
+
+    from v4lab.eval import mrcr_accuracy
+
+    model = _model()
+    with pytest.raises(ValueError, match="asks must lie in 1 .. 4"):
+        mrcr_accuracy(model, "text " * 400, 1000, n_needles=4, asks=[0, 5])
+    with pytest.raises(ValueError, match="n_needles"):
+        mrcr_accuracy(model, "text " * 400, 1000, n_needles=0)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        mrcr_accuracy(model, "text " * 400, model.config.max_position_embeddings + 1)

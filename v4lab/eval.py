@@ -5,6 +5,8 @@
   and scores exact matches, per depth.  With ``recall=True`` it also records, for every CSA layer,
   how often the Lightning Indexer's top-k contains a compressed entry of the needle's value while
   the answer is produced, next to the chance level k / number of entries.
+* ``mrcr_accuracy(model, haystack_text, context_len, n_needles=8)``: multi-round recall, the
+  n-th of n codes given for the same key; accuracy per asked rank and per depth.
 * ``bits_per_byte(model, texts, window, stride)``: next-byte cross-entropy in bits.
 * ``speculative_generate(model, ids, n)``: greedy decoding that drafts one token with the MTP
   block and verifies it with the main model; the output is identical to plain greedy decoding.
@@ -95,6 +97,66 @@ def needle_accuracy(model, haystack_text: str, context_len: int, n_trials: int =
         want = encode_text(task.answer)
         got, recs = answer(model, prompt, len(want), stop_id=encode_text("\n")[0], chunk=chunk, record=recall)
         t = {"depth": d, "value": task.value, "answer": decode_ids(got), "correct": got == want}
+        if recall:
+            t["recall"] = _needle_recall(recs, task, model.config)
+        res.trials.append(t)
+    return res
+
+
+@dataclass
+class MRCRResult(NeedleResult):
+    """Multi-round recall: trials are dicts with ``ask`` (1-based: which of the ``n_needles`` same-key
+    facts was asked for), ``depth`` (where that fact sits), value, answer, correct, recall."""
+
+    n_needles: int = 8
+
+    def by_ask(self) -> dict:
+        """Exact-match accuracy per asked rank i = 1 .. n_needles."""
+        out = {}
+        for t in self.trials:
+            out.setdefault(t["ask"], []).append(t["correct"])
+        return {i: sum(v) / len(v) for i, v in sorted(out.items())}
+
+    def by_depth(self, bins: int = 5) -> dict:
+        """Accuracy by the depth of the asked fact, in ``bins`` equal slices keyed by their centres."""
+        out = {}
+        for t in self.trials:
+            b = min(int(t["depth"] * bins), bins - 1)
+            out.setdefault(round((b + 0.5) / bins, 3), []).append(t["correct"])
+        return {d: sum(v) / len(v) for d, v in sorted(out.items())}
+
+
+def mrcr_accuracy(model, haystack_text: str, context_len: int, n_needles: int = 8, n_trials: int = 16,
+                  n_distractors: int = 2, asks=None, seed: int = 0, recall: bool = False, chunk: int = 2048,
+                  progress: bool = False) -> MRCRResult:
+    """MRCR in small: ``n_needles`` facts give different codes for one key, spread through a
+    ``context_len``-token prompt cut from ``haystack_text`` (plus ``n_distractors`` facts about
+    other keys); the question asks for the i-th of them and the greedy answer is scored by exact
+    match.  ``asks``: the ranks asked, one trial each (default: ``n_trials`` trials cycling through
+    1 .. n_needles, so every rank is asked equally often).  With ``recall=True`` each trial also
+    records whether the CSA layers' top-k held an entry of the asked code (see ``needle_picks``)."""
+    from tqdm.auto import tqdm
+
+    from .data import make_mrcr_task
+
+    if not isinstance(n_needles, int) or n_needles < 1:
+        raise ValueError(f"n_needles must be an integer >= 1, got {n_needles!r}")
+    asks = [1 + i % n_needles for i in range(n_trials)] if asks is None else [int(a) for a in asks]
+    bad = [a for a in asks if not 1 <= a <= n_needles]
+    if bad:
+        raise ValueError(f"asks must lie in 1 .. {n_needles}, got {bad}")
+    check_room(model, None, context_len, 0, what="mrcr_accuracy")  # prompt + answer = context_len
+    rng = random.Random(seed)
+    res = MRCRResult(context_len, n_needles=n_needles)
+    stop = encode_text("\n")[0]
+    for k in tqdm(asks, desc=f"MRCR-{n_needles} @ {context_len}", disable=not progress, leave=False):
+        task = make_mrcr_task(haystack_text, context_len - 1, rng, n_facts=n_needles, ask=k,
+                              n_distractors=n_distractors, position_offset=1)
+        prompt = [BOS_ID] + encode_text(task.prompt)
+        want = encode_text(task.answer)
+        got, recs = answer(model, prompt, len(want), stop_id=stop, chunk=chunk, record=recall)
+        t = {"ask": k, "depth": task.placed_depths[task.target], "value": task.value,
+             "answer": decode_ids(got), "correct": got == want}
         if recall:
             t["recall"] = _needle_recall(recs, task, model.config)
         res.trials.append(t)
