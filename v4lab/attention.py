@@ -251,3 +251,7 @@ class Attention(nn.Module):
         rec["pos"].append(pb.detach())
         if sel is not None:
             rec["sel"].append(sel.detach())
+        if pb.numel() == 1 and probs.shape[-1] > n_win + 1:  # a decode step: keep the mass per entry
+            p_c = probs[..., n_win:-1].mean(1).detach()  # [B, 1, K] head-averaged
+            idx = sel if sel is not None else torch.arange(p_c.shape[-1], device=p_c.device).expand_as(p_c)
+            rec.setdefault("entry_mass", []).append((idx.detach(), p_c))
