@@ -69,3 +69,24 @@ def test_newton_schulz_orthogonalises():
     before = p.detach().clone()
     Muon([p], lr=0.1).step()
     assert not torch.equal(before, p.detach())
+
+
+def test_init_continues_from_a_checkpoint_folder_and_refuses_another_architecture(tmp_path):
+    import pytest
+
+    from v4lab.checkpoint import load_checkpoint, save_checkpoint
+    from v4lab.config import V4Config
+    from v4lab.model import V4Model
+
+    # a flash-mini-shaped checkpoint whose positions differ (another YaRN, shorter max length)
+    cfg = V4Config.preset("flash-mini")
+    other = cfg.replace(rope_scaling={**cfg.rope_scaling, "factor": 16, "original_max_position_embeddings": 2048},
+                        max_position_embeddings=32768)
+    src = V4Model(other, seed=5)
+    save_checkpoint(src, str(tmp_path / "init"))
+    res = train(_args(tmp_path / "run", "--steps", "0", "--init", str(tmp_path / "init")))
+    got, want = res["model"].state_dict(), load_checkpoint(str(tmp_path / "init")).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert res["model"].config == cfg                     # the preset's positions, not the init's
+    with pytest.raises(ValueError, match="differs from the preset 'tiny'"):
+        train(_args(tmp_path / "run2", "--preset", "tiny", "--steps", "0", "--init", str(tmp_path / "init")))

@@ -159,12 +159,25 @@ def train(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg = V4Config.preset(args.preset, max_position_embeddings=V4Config.preset(args.preset).max_position_embeddings)
     model = V4Model(cfg, numerics=args.numerics, seed=args.seed)
+    if args.init:
+        # continue from trained weights (a checkpoint folder) with fresh optimiser state; the
+        # architecture must be the preset's, positions (rope_scaling, max_position_embeddings) may differ
+        from .checkpoint import load_checkpoint
+
+        init = load_checkpoint(args.init)
+        same = cfg.replace(rope_scaling=init.config.rope_scaling,
+                           max_position_embeddings=init.config.max_position_embeddings)
+        if same != init.config:
+            raise ValueError(f"--init {args.init}: its config differs from the preset {args.preset!r} "
+                             "in more than rope_scaling / max_position_embeddings")
+        model.load_state_dict(init.state_dict())
+        del init
     opts = make_optimizers(model, args.optimizer, args.lr, args.muon_lr)
     docs = load_documents("train")
 
     def make_mix(seq_len, batch):
         return TrainingMix(docs, seq_len, task_fraction=args.task_fraction, seed=args.seed, batch_size=batch,
-                           answer_weight=args.answer_weight, follow_ups=args.follow_ups,
+                           answer_weight=args.answer_weight, follow_ups=args.follow_ups, max_facts=args.max_facts,
                            task_weights=dict(zip(TASK_KINDS, args.task_weights)))
 
     mix = make_mix(args.seq_len, args.batch)
@@ -258,6 +271,7 @@ def build_parser():
     p.add_argument("--task-fraction", type=float, default=0.8)
     p.add_argument("--task-weights", type=float, nargs=3, default=(0.3, 0.5, 0.2), metavar=("NEEDLE", "MULTI", "MRCR"),
                    help="relative frequency of needle, multi-needle and multi-round-recall tasks")
+    p.add_argument("--max-facts", type=int, default=5, help="most facts in a multi-fact task (MRCR-8 needs 8)")
     p.add_argument("--follow-ups", type=int, default=3, help="extra questions after a multi-fact task's answer")
     p.add_argument("--answer-weight", type=float, default=1.0, help="weight of answer tokens inside the lm loss")
     p.add_argument("--answer-loss", type=float, default=1.0,
@@ -276,6 +290,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every-min", type=float, default=5.0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default="", metavar="DIR",
+                   help="start from the weights of this checkpoint folder (fresh optimiser state)")
     p.add_argument("--export", default="", help="write the final weights as a checkpoint folder")
     return p
 
