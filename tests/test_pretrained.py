@@ -55,3 +55,22 @@ def test_demo_answers_a_short_needle_and_reports_its_cache(tmp_path):
     pos = 2048
     assert res["dense_kv_bytes"] == cfg.num_hidden_layers * pos * cfg.head_dim * 4
     assert res["kv_bytes"] < res["dense_kv_bytes"] and (tmp_path / "picks.png").stat().st_size > 0
+
+
+def test_demo_mrcr_asks_the_chosen_one_of_eight_codes_and_refuses_a_ninth():
+    import io
+    import re
+
+    from v4lab.demo import run
+
+    out = io.StringIO()
+    res = run(context=4096, seed=2, mrcr=True, ask=3, out=out)
+    text = out.getvalue()
+    facts = re.findall(r"hidden fact at depth ([0-9.]+): 'The code of the (.+?) is (\d+)\.'(  <- asked)?", text)
+    asked = [f for f in facts if f[3]]
+    assert len(asked) == 1 and asked[0][2] == res["value"]
+    same_key = [f for f in facts if f[1] == asked[0][1]]
+    assert len(same_key) == 8 and same_key.index(asked[0]) == 2      # the third of the 8, in document order
+    assert "What is the third of them?" in text and f"expected {res['value']}" in text
+    with pytest.raises(ValueError, match="ask must lie in 1 .. 8"):
+        run(context=4096, mrcr=True, ask=9, out=io.StringIO())

@@ -2,12 +2,15 @@
 
     python -m v4lab.demo                     # 100K-token validation document, needle at depth 0.5
     python -m v4lab.demo --context 131072 --depth 0.2 --figure artifacts/indexer_picks.png
+    python -m v4lab.demo --mrcr              # MRCR-8: the i-th of 8 codes given for the same key
 
 It loads the shipped weights (sha256 checked), hides "The code of the <key> is <value>." in a
 validation document the model never trained on, prefills the whole prompt in chunks (progress
 bar), streams the answer, prints prefill and decode speed and the KV cache it needed against a
 plain dense KV cache of the same model, and saves a figure of which compressed blocks the
-Lightning Indexer selected in each CSA layer while the answer was produced.
+Lightning Indexer selected in each CSA layer while the answer was produced.  With ``--mrcr`` the
+document holds 8 codes for the same key (one in each eighth of it, plus 2 facts about other keys)
+and the question asks for the i-th of them (``--ask``, default: drawn from the seed).
 """
 from __future__ import annotations
 
@@ -21,10 +24,10 @@ import torch
 
 
 def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 2048, figure: str | None = None,
-        threads: int | None = None, out=sys.stdout) -> dict:
+        threads: int | None = None, out=sys.stdout, mrcr: bool = False, ask: int | None = None) -> dict:
     from . import costs
     from .bench import dense_config
-    from .data import BOS_ID, decode_ids, encode_text, long_document, make_needle_task
+    from .data import BOS_ID, decode_ids, encode_text, long_document, make_mrcr_task, make_needle_task
     from .eval import answer, needle_picks
     from .pretrained import load_flash_mini
 
@@ -34,11 +37,19 @@ def run(context: int = 100_000, depth: float = 0.5, seed: int = 0, chunk: int = 
     cfg = model.config
     doc = long_document(min_bytes=context + 2048, split="val")
     rng = random.Random(seed)
-    task = make_needle_task(doc.text, context - 1, rng, depth=depth, position_offset=1)
+    if mrcr:
+        if ask is not None and not 1 <= ask <= 8:
+            raise ValueError(f"ask must lie in 1 .. 8 (which of the 8 codes), got {ask}")
+        task = make_mrcr_task(doc.text, context - 1, rng, n_facts=8, ask=ask, position_offset=1)
+    else:
+        task = make_needle_task(doc.text, context - 1, rng, depth=depth, position_offset=1)
     question = task.prompt[task.question_start :].strip()
     print(f"document: {doc.title} ({doc.nbytes:,} bytes); prompt of {context - len(task.answer):,} tokens "
           f"(byte-level, BOS included)", file=out)
-    print(f"hidden fact at depth {task.placed_depths[0]:.2f}: {task.prompt[task.needle_spans[0].start:task.needle_spans[0].end].strip()!r}", file=out)
+    for i, span in enumerate(task.needle_spans):
+        mark = "  <- asked" if mrcr and i == task.target else ""
+        print(f"hidden fact at depth {task.placed_depths[i]:.2f}: {task.prompt[span.start:span.end].strip()!r}{mark}",
+              file=out)
     print(f"question: {question!r}", file=out)
 
     ids = [BOS_ID] + encode_text(task.prompt)
@@ -96,8 +107,10 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=2048, help="prefill chunk length")
     p.add_argument("--figure", default="artifacts/indexer_picks.png")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--mrcr", action="store_true", help="ask for the i-th of 8 codes given for one key")
+    p.add_argument("--ask", type=int, default=None, help="with --mrcr: which code, 1-8 (default: from the seed)")
     a = p.parse_args(argv)
-    res = run(a.context, a.depth, a.seed, a.chunk, a.figure or None, a.threads or None)
+    res = run(a.context, a.depth, a.seed, a.chunk, a.figure or None, a.threads or None, mrcr=a.mrcr, ask=a.ask)
     return 0 if res["answer"] else 1
 
 

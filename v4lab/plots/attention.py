@@ -80,18 +80,22 @@ def plot_indexer_picks(records: dict, task=None, cfg=None, ax=None, bos: bool = 
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no CSA picks recorded", ha="center", va="center")
         return fig
-    needle = None
+    needle, others = None, []
     if task is not None and task.needle_spans:
-        s = task.needle_spans[0]
+        s = task.needle_spans[task.target]  # the asked fact (MRCR: one of several)
         needle = (s.value_start + int(bos), s.value_end + int(bos))
+        others = [(o.value_start + o.value_end) / 2 + int(bos) for i, o in enumerate(task.needle_spans)
+                  if i != task.target]
     for i, (layer, (pos, sel)) in enumerate(sorted(picks.items())):
         ax = fig.add_subplot(len(picks), 1, i + 1)
         steps = np.repeat(np.arange(len(pos)), sel.shape[1])
         ent = sel.reshape(-1)
         ok = ent >= 0
         ax.scatter(ent[ok] * 4, steps[ok], s=10, marker="s", color=KIND_COLORS["csa"], label="picked entry (block start)")
+        for j, x in enumerate(others):
+            ax.axvline(x, color="grey", lw=1, ls="--", alpha=0.6, label="other facts" if j == 0 else None)
         if needle:
-            ax.axvline((needle[0] + needle[1]) / 2, color="red", lw=1.5, alpha=0.7, label="needle value")
+            ax.axvline((needle[0] + needle[1]) / 2, color="red", lw=1.5, alpha=0.7, label="asked value")
         ax.set_xlim(0, max(int(pos.max()) + 1, 1))
         ax.set_ylabel(f"layer {layer}\nquery #")
         if i == 0:
