@@ -203,3 +203,28 @@ def test_plot_kernel_timings_labels_the_machine():
     assert not any("hca_attention" in s for s in labels)  # rows with errors are skipped
     gpu = cost_plots.plot_kernel_timings(_report("cuda", "triton")).axes[0]
     assert "Triton kernels on NVIDIA H200" in gpu.get_title()
+
+
+# ----------------------------------------------------------------------------------------------
+# long-context curves beside the report's MRCR-8 figures
+# ----------------------------------------------------------------------------------------------
+def test_plot_long_context_draws_each_curve_its_trials_and_the_report_points():
+    from v4lab.plots.eval import plot_long_context
+
+    curves = {"needle (validation)": {2048: (1.0, 20), "65536": (0.9, 20), 262144: (0.6, 5)},
+              "MRCR-8 (validation)": {2048: 0.25, 65536: 0.125}}
+    fig = plot_long_context(curves, train_len=8192)
+    ax = fig.axes[0]
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    needle = lines["needle (validation)"]
+    assert list(needle.get_xdata()) == [2048, 65536, 262144] and list(needle.get_ydata()) == [1.0, 0.9, 0.6]
+    assert list(lines["MRCR-8 (validation)"].get_ydata()) == [0.25, 0.125]
+    assert sorted(t.get_text() for t in ax.texts) == ["n=20", "n=20", "n=5"]   # trials where given
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("report, real model" in s and "0.82" in s and "256K" in s for s in legend)
+    star = [l for l in ax.get_lines() if "0.59" in l.get_label()][0]
+    assert list(star.get_xdata()) == [1048576] and list(star.get_ydata()) == [0.59]
+    assert ax.get_xscale() == "log" and "1M" in [t.get_text() for t in ax.get_xticklabels()]
+    # without the report, only our curves (and the training-length marker)
+    ax2 = plot_long_context(curves, report=None).axes[0]
+    assert not any("report" in l.get_label() for l in ax2.get_lines())
