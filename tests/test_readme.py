@@ -97,3 +97,31 @@ def test_using_it_numbers_agree_with_the_model_and_the_report():
             "cfg = load_flash_mini(verify=False).config\n"
             "print(costs.kv_cache_bytes(cfg, 24, storage=torch.float32).total)\n")
     assert int(out[3]) == int(run(code).strip()) > 0
+
+
+def notebook_prose_blocks() -> list[tuple[str, str, str]]:
+    """(notebook, language, code) of every fenced block in the notebooks' markdown cells."""
+    import glob
+    import json
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb"))):
+        nb = json.load(open(path, encoding="utf-8"))
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                src = "".join(cell["source"])
+                for lang, code in re.findall(r"^```(\w*)\n(.*?)^```", src, flags=re.S | re.M):
+                    out.append((os.path.basename(path), lang, code))
+    return out
+
+
+def test_notebook_prose_python_blocks_run():
+    """Code in the notebooks' prose that is marked as Python claims to run: it is executed here
+    (from the repository root, in a fresh interpreter).  Other fenced blocks (diagrams, shell
+    commands) are not Python and must not be labelled so."""
+    blocks = notebook_prose_blocks()
+    assert blocks, "the notebooks' prose has fenced blocks (notebook 10's diagram at least)"
+    for name, lang, code in blocks:
+        assert lang in ("", "python", "bash", "text", "json"), f"{name}: unknown block language {lang!r}"
+        if lang == "python":
+            run(code)
