@@ -76,7 +76,8 @@ def main():
     def mrcr(text, L, n, seed):
         r = mrcr_accuracy(model, text, L, n_needles=8, n_trials=n, seed=seed, progress=True)
         return {"accuracy": r.accuracy, "by_ask": r.by_ask(), "by_depth": r.by_depth(), "trials": len(r.trials),
-                "answers": [(x["ask"], x["value"], x["answer"]) for x in r.trials]}
+                "other_code_rate": r.other_code_rate,
+                "answers": [(x["ask"], x["value"], x["answer"], x["other_rank"]) for x in r.trials]}
 
     record("quick_check", lambda: quick_check(model))
     for L, n, m in zip(lengths, _ints(a.trials), _ints(a.mrcr_trials)):

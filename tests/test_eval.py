@@ -101,6 +101,10 @@ def test_mrcr_accuracy_scores_the_asked_rank_per_rank_and_depth(monkeypatch):
     monkeypatch.setattr(ev, "answer", _reader(lambda codes, r: codes[0]))   # always the first code
     res = ev.mrcr_accuracy(model, text, 1500, n_needles=4, asks=[1, 2, 4, 1], seed=3)
     assert res.by_ask() == {1: 1.0, 2: 0.0, 4: 0.0} and res.accuracy == 0.5
+    assert [t["other_rank"] for t in res.trials] == [None, 1, 1, None] and res.other_code_rate == 1.0
+    monkeypatch.setattr(ev, "answer", _reader(lambda codes, r: "00000"))      # not a code at all
+    res = ev.mrcr_accuracy(model, text, 1500, n_needles=4, asks=[2, 3], seed=3)
+    assert [t["other_rank"] for t in res.trials] == [None, None] and res.other_code_rate == 0.0
     assert all(0 <= d <= 1 for d in res.by_depth())
 
 

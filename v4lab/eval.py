@@ -106,7 +106,8 @@ def needle_accuracy(model, haystack_text: str, context_len: int, n_trials: int =
 @dataclass
 class MRCRResult(NeedleResult):
     """Multi-round recall: trials are dicts with ``ask`` (1-based: which of the ``n_needles`` same-key
-    facts was asked for), ``depth`` (where that fact sits), value, answer, correct, recall."""
+    facts was asked for), ``depth`` (where that fact sits), value, answer, correct, ``other_rank``
+    (a wrong answer that is another code of the asked key: that code's rank, else None), recall."""
 
     n_needles: int = 8
 
@@ -116,6 +117,12 @@ class MRCRResult(NeedleResult):
         for t in self.trials:
             out.setdefault(t["ask"], []).append(t["correct"])
         return {i: sum(v) / len(v) for i, v in sorted(out.items())}
+
+    @property
+    def other_code_rate(self) -> float:
+        """Of the wrong answers, the share that is another code of the asked key (0 when none wrong)."""
+        wrong = [t for t in self.trials if not t["correct"]]
+        return sum(t["other_rank"] is not None for t in wrong) / len(wrong) if wrong else 0.0
 
     def by_depth(self, bins: int = 5) -> dict:
         """Accuracy by the depth of the asked fact, in ``bins`` equal slices keyed by their centres."""
@@ -155,8 +162,12 @@ def mrcr_accuracy(model, haystack_text: str, context_len: int, n_needles: int = 
         prompt = [BOS_ID] + encode_text(task.prompt)
         want = encode_text(task.answer)
         got, recs = answer(model, prompt, len(want), stop_id=stop, chunk=chunk, record=recall)
+        codes = [sp.value for sp in task.needle_spans if sp.key == task.needle_spans[task.target].key]
+        said = decode_ids(got).strip()
         t = {"ask": k, "depth": task.placed_depths[task.target], "value": task.value,
-             "answer": decode_ids(got), "correct": got == want}
+             "answer": decode_ids(got), "correct": got == want,
+             # a wrong answer that is another code of the asked key: its rank (retrieval right, order wrong)
+             "other_rank": codes.index(said) + 1 if got != want and said in codes else None}
         if recall:
             t["recall"] = _needle_recall(recs, task, model.config)
         res.trials.append(t)
