@@ -2,7 +2,7 @@
 
     python scripts/evaluate_flash_mini.py --threads 2 \
         --lengths 2048,8192,32768,65536,131072,262144 --trials 20,20,20,20,10,5 \
-        --mrcr-trials 16,16,16,8,4,2 --external 65536:20
+        --mrcr-trials 16,16,8,8,4,2 --external 65536:20
 
 Needle accuracy (depths 0.1-0.9, ``trials`` needles per length spread over the depths) and MRCR-8
 accuracy (``v4lab.eval.mrcr_accuracy``: the i-th of 8 codes for one key) over context lengths on
@@ -38,7 +38,7 @@ def main():
     p.add_argument("--train-len", type=int, default=8192, help="the last training sequence length")
     p.add_argument("--lengths", default="2048,8192,32768,65536,131072,262144")
     p.add_argument("--trials", default="20,20,20,20,10,5", help="needle trials per length (spread over 5 depths)")
-    p.add_argument("--mrcr-trials", default="16,16,16,8,4,2", help="MRCR-8 trials per length (0: skip)")
+    p.add_argument("--mrcr-trials", default="16,16,8,8,4,2", help="MRCR-8 trials per length (0: skip)")
     p.add_argument("--external", default="65536:20", help="LENGTH:TRIALS,... of needles on a text not in data/")
     p.add_argument("--partial", default="artifacts/eval_partial.json")
     p.add_argument("--out", default=str(weights_dir() / "metrics.json"))
