@@ -23,12 +23,9 @@ import time
 import torch
 
 
-def needle_entries(task, ratio: int) -> set[int]:
-    span = task.needle_spans[task.target]
-    return {p // ratio for p in range(span.value_start + 1, span.value_end + 1)}  # +1: BOS
-
-
 def layer_figures(records: dict, task, cfg) -> dict:
+    from v4lab.eval import needle_entries
+
     out = {}
     for layer, rec in records.items():
         mass = torch.cat(rec["mass"], 1)[0]  # [steps, 3] window, compressed, sink
@@ -46,18 +43,16 @@ def layer_figures(records: dict, task, cfg) -> dict:
     return out
 
 
-def run_variant(model, text, length, trials, depths, variant, train_len, seed):
-    from v4lab.data import BOS_ID, decode_ids, encode_text, make_needle_task
-    from v4lab.eval import answer
+def run_variant(model, text, length, trials, depths, seed):
+    from v4lab.data import decode_ids, make_needle_task
+    from v4lab.eval import answer_task
 
     rng = random.Random(seed)
     results = []
     for d in depths:
         for _ in range(trials):
             task = make_needle_task(text, length - 1, rng, depth=d, position_offset=1)
-            ids = [BOS_ID] + encode_text(task.prompt)
-            want = encode_text(task.answer)
-            got, recs = answer(model, ids, len(want), stop_id=encode_text("\n")[0], record=True)
+            got, want, recs = answer_task(model, task, chunk=2048, record=True)
             results.append({"depth": d, "correct": got == want, "answer": decode_ids(got).strip(),
                             "value": task.value, "layers": layer_figures(recs, task, model.config)})
     return results
@@ -106,7 +101,7 @@ def main(argv=None):
         for L in a.lengths:
             apply_variant(model, variant, L, a.train_len, a.yarn_factor)
             t0 = time.time()
-            res = run_variant(model, text, L, a.trials, a.depths, variant, a.train_len, a.seed)
+            res = run_variant(model, text, L, a.trials, a.depths, a.seed)
             acc = sum(r["correct"] for r in res) / len(res)
             print(f"\n== {variant} @ {L:,}: accuracy {acc:.2f} ({len(res)} trials, {time.time() - t0:.0f} s)")
             layers = sorted(res[0]["layers"])

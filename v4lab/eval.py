@@ -81,6 +81,15 @@ def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = Non
     return rows[0], (ctx.records if record else None)
 
 
+def answer_task(model, task, chunk: int, record: bool):
+    """Greedy answer to a needle / MRCR task (BOS + prompt, up to the answer's length, stop at the
+    newline): (answer ids, wanted ids, records or None)."""
+    want = encode_text(task.answer)
+    got, recs = answer(model, [BOS_ID] + encode_text(task.prompt), len(want), stop_id=encode_text("\n")[0],
+                       chunk=chunk, record=record)
+    return got, want, recs
+
+
 def needle_accuracy(model, haystack_text: str, context_len: int, n_trials: int = 5,
                     depths=(0.1, 0.3, 0.5, 0.7, 0.9), seed: int = 0, recall: bool = False,
                     chunk: int = 2048, progress: bool = False) -> NeedleResult:
@@ -93,9 +102,7 @@ def needle_accuracy(model, haystack_text: str, context_len: int, n_trials: int =
     jobs = [(d, i) for d in depths for i in range(n_trials)]
     for d, _ in tqdm(jobs, desc=f"needles @ {context_len}", disable=not progress, leave=False):
         task = make_needle_task(haystack_text, context_len - 1, rng, depth=d, position_offset=1)
-        prompt = [BOS_ID] + encode_text(task.prompt)
-        want = encode_text(task.answer)
-        got, recs = answer(model, prompt, len(want), stop_id=encode_text("\n")[0], chunk=chunk, record=recall)
+        got, want, recs = answer_task(model, task, chunk, recall)
         t = {"depth": d, "value": task.value, "answer": decode_ids(got), "correct": got == want}
         if recall:
             t["recall"] = _needle_recall(recs, task, model.config)
@@ -155,13 +162,10 @@ def mrcr_accuracy(model, haystack_text: str, context_len: int, n_needles: int = 
     check_room(model, None, context_len, 0, what="mrcr_accuracy")  # prompt + answer = context_len
     rng = random.Random(seed)
     res = MRCRResult(context_len, n_needles=n_needles)
-    stop = encode_text("\n")[0]
     for k in tqdm(asks, desc=f"MRCR-{n_needles} @ {context_len}", disable=not progress, leave=False):
         task = make_mrcr_task(haystack_text, context_len - 1, rng, n_facts=n_needles, ask=k,
                               n_distractors=n_distractors, position_offset=1)
-        prompt = [BOS_ID] + encode_text(task.prompt)
-        want = encode_text(task.answer)
-        got, recs = answer(model, prompt, len(want), stop_id=stop, chunk=chunk, record=recall)
+        got, want, recs = answer_task(model, task, chunk, recall)
         codes = [sp.value for sp in task.needle_spans if sp.key == task.needle_spans[task.target].key]
         said = decode_ids(got).strip()
         t = {"ask": k, "depth": task.placed_depths[task.target], "value": task.value,
@@ -174,6 +178,13 @@ def mrcr_accuracy(model, haystack_text: str, context_len: int, n_needles: int = 
     return res
 
 
+def needle_entries(task, ratio: int) -> set[int]:
+    """Compressed entries (of a layer with compression ``ratio``) whose own block holds a byte of
+    the asked fact's value, in a prompt that starts with BOS."""
+    span = task.needle_spans[task.target]
+    return {p // ratio for p in range(span.value_start + 1, span.value_end + 1)}  # +1: BOS in front
+
+
 def needle_picks(records: dict, task, cfg) -> dict:
     """Per CSA layer, from ``ForwardContext(record=True)`` records of the answer steps: at how many
     steps the Lightning Indexer's top-k held an entry whose own block holds a byte of the asked
@@ -181,17 +192,15 @@ def needle_picks(records: dict, task, cfg) -> dict:
     the chance level of that per step (needle entries x k / complete entries).
     Returns ``{layer: {"hits": int, "steps": int, "chance": float}}``."""
     out = {}
-    span = task.needle_spans[task.target]
-    pos = range(span.value_start + 1, span.value_end + 1)  # +1: BOS in front
-    needle_entries = {p // 4 for p in pos}
+    entries = needle_entries(task, 4)
     for layer, rec in records.items():
         if rec["kind"] != "csa" or not rec["sel"]:
             continue
         sel = torch.cat(rec["sel"], 1)[0]  # [steps, k]
         steps_pos = torch.cat(rec["pos"])
-        hits = sum(bool(set(row[row >= 0].tolist()) & needle_entries) for row in sel)
+        hits = sum(bool(set(row[row >= 0].tolist()) & entries) for row in sel)
         n_entries = [int(p + 1) // 4 for p in steps_pos.tolist()]
-        chance = sum(min(1.0, len(needle_entries) * cfg.index_topk / max(1, n)) for n in n_entries) / len(n_entries)
+        chance = sum(min(1.0, len(entries) * cfg.index_topk / max(1, n)) for n in n_entries) / len(n_entries)
         out[layer] = {"hits": hits, "steps": len(sel), "chance": chance}
     return out
 
