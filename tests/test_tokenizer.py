@@ -159,6 +159,16 @@ def format_tokens():
     marker in the golden prompts and in the task tokens, plus the thinking and DSML tokens."""
     texts = [c["expected"] for c in json.loads(GOLDEN.read_text())] if GOLDEN.exists() else []
     texts += [encode_messages([{"role": "user", "content": "q", "task": t}]) for t in TASKS]
+    # one conversation that uses every marker, so the set is complete without the golden vectors
+    tool = {"type": "function", "function": {"name": "f", "description": "d",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    texts.append(encode_messages([
+        {"role": "system", "content": "s", "tools": [tool]}, {"role": "user", "content": "u"},
+        {"role": "assistant", "reasoning_content": "r", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "t", "tool_call_id": "c1"},
+        {"role": "assistant", "reasoning_content": "r2", "content": "a"}, {"role": "latest_reminder", "content": "m"},
+        {"role": "user", "content": "u2"}]))
     found = set()
     for text in texts:
         found.update(re.findall(r"<｜[^｜<>]+｜>", text))
