@@ -32,7 +32,7 @@ def layer_figures(records: dict, task, cfg) -> dict:
         row = {"kind": rec["kind"], "window": float(mass[:, 0].mean()), "compressed": float(mass[:, 1].mean()),
                "sink": float(mass[:, 2].mean())}
         if rec.get("entry_mass"):
-            ratio = 4 if rec["kind"] == "csa" else cfg.compress_ratios[layer]
+            ratio = cfg.compress_ratios[layer]
             want = torch.tensor(sorted(needle_entries(task, ratio)))
             nm = []
             for idx, p in rec["entry_mass"]:

@@ -39,13 +39,13 @@ BAD = [
     ("compress_ratios", [0, 0, 4, 128, 4, 128, 4, -3] + [4, 128] * 17 + [4, 0], "compress ratio must be an integer >= 0"),
     ("compress_ratios", [0, 0, 4], "num_hidden_layers + 1"),
     ("compress_ratios", [0, 0] + [4, 128] * 20 + [4, 4], "MTP"),
-    ("index_topk", 0, ">= 1"),
+    ("index_topk", -1, ">= 0"),
     ("num_key_value_heads", 2, "MQA"),
     ("hidden_size", 0, "positive integer"),
     ("num_experts_per_tok", 300, "n_routed_experts"),
     ("num_hash_layers", 50, "num_hidden_layers"),
-    ("scoring_func", "softmax", "sqrtsoftplus"),
-    ("hidden_act", "gelu", "silu"),
+    ("scoring_func", "softmax", "sqrtsoftplus"),  # the message lists the known functions
+    ("hidden_act", "swiglu", "silu"),
     ("rope_scaling", {"type": "linear", "factor": 2}, "YaRN"),
     ("rope_scaling", {"type": "yarn", "factor": 16}, "original_max_position_embeddings"),
     ("rope_theta", -1.0, "> 0"),
@@ -167,9 +167,9 @@ def test_config_is_frozen_and_replace_revalidates():
     assert new.index_topk == 8 and cfg.index_topk == 4 and new != cfg
     assert dataclasses.replace(cfg, index_topk=8) == new
     with pytest.raises(ValueError, match="index_topk"):
-        cfg.replace(index_topk=0)
+        cfg.replace(index_topk=-1)
     with pytest.raises(ValueError, match="index_topk"):
-        dataclasses.replace(cfg, index_topk=0)
+        dataclasses.replace(cfg, index_topk=-1)
     # copies, pickles and dicts behave as before (plain lists and dicts come out)
     import copy
 

@@ -4,8 +4,10 @@ All three layer types share this skeleton and differ only in which compressed en
 to the 128-token sliding window:
 
 * window-only (ratio 0): none;
-* **CSA** (ratio 4): the Lightning Indexer's top-k of the overlapping 4-token entries;
-* **HCA** (ratio 128): every complete 128-token entry (dense over the compressed sequence).
+* **CSA** (ratio m = 4 in V4): the Lightning Indexer's top-k of the overlapping m-token entries;
+* **HCA** (ratio m = 128 in V4): every complete m-token entry (dense over the compressed sequence).
+
+The layer's kind comes from the config (``cfg.layer_kind(layer)``), never from its rate.
 
 Per token t (x_t = normalised block input):
 
@@ -33,7 +35,7 @@ import torch.nn as nn
 
 from .compressor import Compressor
 from .config import V4Config
-from .indexer import Indexer, topk_lowest_index
+from .indexer import Indexer
 from .norm import RMSNorm, f32, rms0
 from .quant import deployed_weight  # the weight itself unless numerics="deployed"
 from .rope import Rope
@@ -75,10 +77,16 @@ def _entries(store, first: int, new: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: V4Config, ratio: int, dtype=None):
+    def __init__(self, cfg: V4Config, ratio: int, dtype=None, kind: str | None = None):
+        """One layer of compression rate ``ratio``; ``kind`` ('window' / 'csa' / 'hca') where the
+        rate does not say it (``cfg.layer_kind(i)``; by default 0 = window, 4 = CSA, other = HCA)."""
         super().__init__()
         d, H, D = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-        self.cfg, self.ratio, self.kind = cfg, ratio, cfg.kind_of_ratio(ratio)
+        kind = kind or cfg.kind_of_ratio(ratio)
+        if (kind == "window") != (ratio == 0) or kind not in ("window", "csa", "hca"):
+            raise ValueError(f"Attention: kind {kind!r} does not fit ratio {ratio} (0 = window-only, >= 1 = CSA or HCA)")
+        self.cfg, self.ratio, self.kind = cfg, ratio, kind
+        csa = self.kind == "csa"
         self.n_heads, self.head_dim, self.window = H, D, cfg.sliding_window
         self.rope_dim, self.groups, self.eps = cfg.qk_rope_head_dim, cfg.o_groups, cfg.rms_norm_eps
         self.wq_a = nn.Linear(d, cfg.q_lora_rank, bias=False, dtype=dtype)
@@ -89,8 +97,8 @@ class Attention(nn.Module):
         self.wo_a = nn.Linear(H * D // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, bias=False, dtype=dtype)
         self.wo_b = nn.Linear(cfg.o_groups * cfg.o_lora_rank, d, bias=False, dtype=dtype)
         self.attn_sink = nn.Parameter(torch.zeros(H, dtype=torch.float32))
-        self.compressor = Compressor(d, D, ratio, cfg.rms_norm_eps, dtype=dtype) if ratio else None
-        self.indexer = Indexer(cfg, dtype=dtype) if ratio == 4 else None
+        self.compressor = Compressor(d, D, ratio, cfg.rms_norm_eps, dtype=dtype, overlap=csa) if ratio else None
+        self.indexer = Indexer(cfg, ratio, dtype=dtype) if csa else None
         self.rope = Rope(cfg, compressed=bool(ratio))
         self.qat = True
         self.backend = "torch"
@@ -99,6 +107,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, start_pos: int, lc, ctx: ForwardContext, layer_id: int = 0) -> torch.Tensor:
         B, S, _ = x.shape
         H, D, w, m = self.n_heads, self.head_dim, self.window, self.ratio
+        csa = self.indexer is not None
         pos = torch.arange(start_pos, start_pos + S, device=x.device)
 
         # --- query and the window KV of this chunk ------------------------------------------------
@@ -126,7 +135,8 @@ class Attention(nn.Module):
             lc.pool.truncate(first)
             lc.pool.append(new)
             comp = _entries(lc.pool, first, new)  # [B, Nc, D]
-        if m == 4:
+        qI = wI = None
+        if csa:
             xi, cqi = (x.detach(), cq.detach()) if ctx.indexer_loss else (x, cq)
             knew, kfirst = self.indexer.new_keys(xi, start_pos, lc.idx_comp, self.rope)
             lc.idx_pool.truncate(kfirst)
@@ -137,8 +147,7 @@ class Attention(nn.Module):
         scale = D**-0.5
         if self.backend == "triton" and not (ctx.dense_csa or ctx.indexer_loss or ctx.record or (
                 torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))):
-            o = self._core_triton(q, pos, win_kv, win_start, comp, qI if m == 4 else None,
-                                  wI if m == 4 else None, keys, scale)
+            o = self._core_triton(q, pos, win_kv, win_start, comp, qI, wI, keys, scale)
             return self._output(o, pos, x)
 
         # --- core attention, one block of queries at a time --------------------------------------
@@ -158,9 +167,9 @@ class Attention(nn.Module):
             kc = sel = None
             if m:
                 n_vis = (start_pos + b1) // m  # entries any query of the block may see
-                if m == 4 and not ctx.dense_csa:
-                    iscore = self.indexer.scores(qI[:, b0:b1], wI[:, b0:b1], keys[:, :n_vis], pb)  # [B, Q, n_vis]
-                    sel = topk_lowest_index(iscore, self.indexer.topk)  # [B, Q, k], -1 invalid
+                if csa and not ctx.dense_csa:
+                    iscore = self.indexer.scores(qI[:, b0:b1], wI[:, b0:b1], keys[:, :n_vis], pb, m)  # [B, Q, n_vis]
+                    sel = self.indexer.pick(iscore, comp.shape[1])  # [B, Q, k], -1 invalid
                     kc = torch.gather(comp, 1, sel.clamp(min=0).flatten(1)[..., None].expand(-1, -1, D))
                     kc = kc.view(B, b1 - b0, -1, D)  # [B, Q, k, D]
                     s_c = torch.einsum("bqhd,bqkd->bhqk", f32(qb), f32(kc)) * scale
@@ -170,8 +179,8 @@ class Attention(nn.Module):
                     cmask = (torch.arange(n_vis, device=x.device)[None, :] + 1) * m <= pb[:, None] + 1
                     s_c = torch.einsum("bqhd,bkd->bhqk", f32(qb), f32(kc)) * scale
                     s_c = s_c.masked_fill(~cmask, NEG_INF)
-                    if m == 4:
-                        iscore = self.indexer.scores(qI[:, b0:b1], wI[:, b0:b1], keys[:, :n_vis], pb)
+                    if csa:
+                        iscore = self.indexer.scores(qI[:, b0:b1], wI[:, b0:b1], keys[:, :n_vis], pb, m)
                 parts.append(s_c)
             sink = f32(self.attn_sink)[None, :, None, None].expand(B, H, b1 - b0, 1)
             logits = torch.cat(parts + [sink], dim=-1)  # one softmax over window + compressed + sink
@@ -180,11 +189,11 @@ class Attention(nn.Module):
             o = torch.einsum("bhqk,bkd->bqhd", p_win, kw)
             if m:
                 p_c = probs[..., s_win.shape[-1] : -1]
-                if kc.dim() == 4:
+                if sel is not None:  # per-query picks [B, Q, k, D]
                     o = o + torch.einsum("bhqk,bqkd->bqhd", p_c.to(kc.dtype), kc)
-                else:
+                else:  # entries shared by the block [B, N, D]
                     o = o + torch.einsum("bhqk,bkd->bqhd", p_c.to(kc.dtype), kc)
-                if m == 4 and ctx.indexer_loss:
+                if csa and ctx.indexer_loss:
                     ctx.losses.append(self._indexer_kl(p_c, iscore, sel))
             if ctx.record:
                 self._record(ctx, layer_id, probs, s_win.shape[-1], sel, pb)
@@ -210,7 +219,7 @@ class Attention(nn.Module):
         B, S = q.shape[:2]
         w, m = self.window, self.ratio
         sink = self.attn_sink.float()
-        if m and m != 4:  # HCA: dense over the compressed entries, no gather
+        if m and qI is None:  # HCA: dense over the compressed entries, no gather
             win_pos = torch.arange(win_start, win_start + win_kv.shape[1], device=q.device)
             return K.hca_attention(q, win_kv, win_pos, comp, pos, m, w, sink, scale)
         # window entries as indices into win_kv: positions t-w+1 .. t
@@ -219,8 +228,8 @@ class Attention(nn.Module):
         widx = torch.where(pos[:, None] + offs[None, :] >= 0, widx, torch.full_like(widx, -1))
         idx = widx[None].expand(B, S, w)
         pool = win_kv
-        if m == 4:
-            sel = K.indexer_topk(qI, wI, keys, pos, 4, self.indexer.topk)  # [B, S, k], -1 invalid
+        if qI is not None and self.indexer.topk:  # CSA (index_topk = 0: the window and sink only)
+            sel = K.indexer_topk(qI, wI, keys, pos, m, self.indexer.topk)  # [B, S, k], -1 invalid
             sel = torch.where(sel >= 0, sel + win_kv.shape[1], sel)
             idx = torch.cat([idx, sel], dim=-1)
             pool = torch.cat([win_kv, comp.to(win_kv.dtype)], dim=1)
@@ -243,7 +252,7 @@ class Attention(nn.Module):
         return kl.mean()
 
     def _record(self, ctx, layer_id, probs, n_win, sel, pb):
-        rec = ctx.records.setdefault(layer_id, {"kind": self.kind, "mass": [], "sel": [], "pos": []})
+        rec = ctx.records.setdefault(layer_id, {"kind": self.kind, "ratio": self.ratio, "mass": [], "sel": [], "pos": []})
         mass_w = probs[..., :n_win].sum(-1)
         mass_s = probs[..., -1]
         mass_c = 1 - mass_w - mass_s

@@ -177,8 +177,10 @@ class CompressorState:
 class LayerCache:
     """State of one attention layer.  The ring holds ``window`` slots (all allocated up front)."""
 
-    def __init__(self, cfg: V4Config, ratio: int, batch: int, dtype, device, storage: str, indexer_storage: str):
-        self.kind = cfg.kind_of_ratio(ratio)
+    def __init__(self, cfg: V4Config, ratio: int, batch: int, dtype, device, storage: str, indexer_storage: str,
+                 kind: str | None = None):
+        # kind: the layer's type where its rate does not say it (cfg.layer_kind); default: 4 = CSA
+        self.kind = kind or cfg.kind_of_ratio(ratio)
         self.ratio, self.window = ratio, cfg.sliding_window
         D, r, cI = cfg.head_dim, cfg.qk_rope_head_dim, cfg.index_head_dim
         fmt = "deployed" if storage == "deployed" else "native"
@@ -187,14 +189,14 @@ class LayerCache:
         self.comp = self.pool = self.idx_comp = self.idx_pool = None
         sdt = torch.float64 if dtype == torch.float64 else torch.float32  # compressor state: fp32 (fp64 in fp64 runs)
         if ratio:
-            rows, coff = (2 * ratio, 2) if ratio == 4 else (ratio, 1)
+            rows, coff = (2 * ratio, 2) if self.kind == "csa" else (ratio, 1)  # CSA blocks overlap
             z = lambda w: torch.zeros(batch, rows, coff * w, dtype=sdt, device=device)  # noqa: E731
             self.comp = CompressorState(z(D), z(D))
             self.pool = EntryStore(batch, D, fmt, dtype, device, r)
-        if ratio == 4:
+        if self.kind == "csa":  # the indexer's own overlapping compressor, same rate
             self.idx_comp = CompressorState(
-                torch.zeros(batch, 8, 2 * cI, dtype=sdt, device=device),
-                torch.zeros(batch, 8, 2 * cI, dtype=sdt, device=device),
+                torch.zeros(batch, 2 * ratio, 2 * cI, dtype=sdt, device=device),
+                torch.zeros(batch, 2 * ratio, 2 * cI, dtype=sdt, device=device),
             )
             self.idx_pool = EntryStore(batch, cI, indexer_storage if storage == "deployed" else "native", dtype, device, 0)
 
@@ -228,8 +230,9 @@ class V4Cache:
         self.pos = 0
         self.broken: str | None = None
         self.layers = [
-            LayerCache(cfg, m, batch_size, self.dtype, device, storage or "native", indexer_storage)
-            for m in cfg.compress_ratios[: cfg.num_hidden_layers]
+            LayerCache(cfg, cfg.compress_ratios[i], batch_size, self.dtype, device, storage or "native",
+                       indexer_storage, kind=cfg.layer_kind(i))
+            for i in range(cfg.num_hidden_layers)
         ]
 
     def check(self, model, batch: int, n_new: int) -> None:

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CSA_RATIO, V4Config
+from .config import V4Config
 from .quant import E8M0_DTYPE, dequant_fp4_experts, dequant_fp8_block, quant_fp4, quant_fp8_block, ue8m0_bytes
 from .safetensors_io import (
     INDEX_NAME,
@@ -101,7 +101,9 @@ _FP4_BLOCK = 32
 #   i64    -- the hash-routing table
 
 
-def _layer_logical(cfg: V4Config, ratio: int, hash_layer: bool) -> list[tuple[str, str, tuple]]:
+def _layer_logical(cfg: V4Config, layer: int, hash_layer: bool) -> list[tuple[str, str, tuple]]:
+    """Layer ``layer``'s tensors (``num_hidden_layers`` = the MTP block)."""
+    ratio, csa = cfg.compress_ratios[layer], cfg.layer_kind(layer) == "csa"
     d, n = cfg.hidden_size, cfg.hc_mult
     H, D, ql = cfg.num_attention_heads, cfg.head_dim, cfg.q_lora_rank
     og, ol = cfg.o_groups, cfg.o_lora_rank
@@ -127,21 +129,21 @@ def _layer_logical(cfg: V4Config, ratio: int, hash_layer: bool) -> list[tuple[st
         ("attn.attn_sink", "f32", (H,)),
     ]
     if ratio:
-        coff = 2 if ratio == CSA_RATIO else 1
+        coff = 2 if csa else 1
         out += [
             ("attn.compressor.wkv.weight", "model", (coff * D, d)),
             ("attn.compressor.wgate.weight", "model", (coff * D, d)),
             ("attn.compressor.ape", "f32", (ratio, coff * D)),
             ("attn.compressor.norm.weight", "norm", (D,)),
         ]
-    if ratio == CSA_RATIO:
+    if csa:
         HI, cI = cfg.index_n_heads, cfg.index_head_dim
         out += [
             ("attn.indexer.wq_b.weight", "fp8", (HI * cI, ql)),
             ("attn.indexer.weights_proj.weight", "model", (HI, d)),
             ("attn.indexer.compressor.wkv.weight", "model", (2 * cI, d)),
             ("attn.indexer.compressor.wgate.weight", "model", (2 * cI, d)),
-            ("attn.indexer.compressor.ape", "f32", (CSA_RATIO, 2 * cI)),
+            ("attn.indexer.compressor.ape", "f32", (ratio, 2 * cI)),
             ("attn.indexer.compressor.norm.weight", "norm", (cI,)),
         ]
     E, I = cfg.n_routed_experts, cfg.moe_intermediate_size
@@ -172,10 +174,10 @@ def _logical(cfg: V4Config, mtp: bool = True) -> list[tuple[str, str, tuple]]:
     out = [("embed.weight", "model", (V, d))]
     for i in range(cfg.num_hidden_layers):
         p = f"layers.{i}."
-        out += [(p + s, c, sh) for s, c, sh in _layer_logical(cfg, cfg.compress_ratios[i], cfg.is_hash_layer(i))]
+        out += [(p + s, c, sh) for s, c, sh in _layer_logical(cfg, i, cfg.is_hash_layer(i))]
     if mtp and cfg.num_nextn_predict_layers:
         p = "mtp.0."
-        out += [(p + s, c, sh) for s, c, sh in _layer_logical(cfg, cfg.mtp_ratio, False)]
+        out += [(p + s, c, sh) for s, c, sh in _layer_logical(cfg, cfg.num_hidden_layers, False)]
         out += [
             (p + "e_proj.weight", "fp8", (d, d)),
             (p + "h_proj.weight", "fp8", (d, d)),

@@ -54,10 +54,11 @@ class Compressor(nn.Module):
     """Parameters (checkpoint names): ``wkv``, ``wgate`` [coff*c, d], ``ape`` [m, coff*c] fp32,
     ``norm`` [c].  ``forward`` consumes one chunk and returns the entries completed by it."""
 
-    def __init__(self, d: int, c: int, ratio: int, eps: float, dtype=None):
+    def __init__(self, d: int, c: int, ratio: int, eps: float, dtype=None, overlap: bool | None = None):
         super().__init__()
         self.ratio, self.c = ratio, c
-        self.overlap = ratio == 4
+        # CSA's overlapping blocks (2 * ratio rows, stride ratio); default: the rate says it (4)
+        self.overlap = ratio == 4 if overlap is None else bool(overlap)
         coff = 2 if self.overlap else 1
         self.wkv = nn.Linear(d, coff * c, bias=False, dtype=dtype)
         self.wgate = nn.Linear(d, coff * c, bias=False, dtype=dtype)

@@ -9,6 +9,12 @@ Field names follow the shipped ``config.json`` (spec section 1.1).  The layer sc
             shipped models use 128, small test configs 8..64; any rate >= 1 works (as in
             ``transformers``).
 
+That is the official code's convention (a rate of 4 *is* CSA).  ``transformers`` names each
+layer's type instead (``layer_types`` + ``compress_rates``), so it can also express a CSA rate
+other than 4 or an HCA rate of exactly 4; such a config keeps its types in ``attention_kinds``
+(one of "window" / "csa" / "hca" per entry of ``compress_ratios``), which stays ``None`` whenever
+the convention already says the same.  Code asks ``cfg.layer_kind(i)``, never the rate.
+
 Presets: ``V4Config.preset("flash" | "pro" | "tiny" | "flash-mini")``.
 
 A config is frozen: ``cfg.index_topk = 8`` raises, and so does changing its lists and dicts in
@@ -125,6 +131,7 @@ class V4Config:
     o_lora_rank: int = 1024
     sliding_window: int = 128
     compress_ratios: list = field(default_factory=_flash_schedule)
+    attention_kinds: list | None = None  # None: the kinds follow from the rates (0 / 4 / other)
     compress_rope_theta: float = 160000.0
     rope_theta: float = 10000.0
     rope_scaling: dict | None = field(default_factory=lambda: dict(_YARN))
@@ -164,7 +171,11 @@ class V4Config:
         self.compress_ratios = [int(r) for r in self.compress_ratios]
         if self.rope_scaling is not None:
             self.rope_scaling = dict(self.rope_scaling)
+        if self.attention_kinds is not None:
+            self.attention_kinds = list(self.attention_kinds)
         self.validate()
+        if self.attention_kinds == [self.kind_of_ratio(m) for m in self.compress_ratios]:
+            self.attention_kinds = None  # the rates already say it: one spelling per config
         for f in dataclasses.fields(self):  # the config owns its lists and dicts, read-only
             object.__setattr__(self, f.name, _freeze(copy.deepcopy(getattr(self, f.name))))
         object.__setattr__(self, "_frozen", True)
@@ -213,8 +224,8 @@ class V4Config:
             bad("qk_rope_head_dim", f"must be <= head_dim ({self.head_dim})")
         if r > self.index_head_dim:
             bad("qk_rope_head_dim", f"must be <= index_head_dim ({self.index_head_dim})")
-        if not isinstance(self.index_topk, int) or self.index_topk < 1:
-            bad("index_topk", "must be >= 1")
+        if not isinstance(self.index_topk, int) or isinstance(self.index_topk, bool) or self.index_topk < 0:
+            bad("index_topk", "must be an integer >= 0 (0: CSA layers read no compressed entry)")
         if self.num_experts_per_tok > self.n_routed_experts:
             bad("num_experts_per_tok", f"must be <= n_routed_experts ({self.n_routed_experts})")
         if self.num_hash_layers > self.num_hidden_layers:
@@ -232,10 +243,22 @@ class V4Config:
                 )
         if self.compress_ratios[-1] != 0:
             bad("compress_ratios", "the last entry (MTP block) must be 0: the MTP block is window-only")
-        if self.scoring_func != "sqrtsoftplus":
-            bad("scoring_func", "only 'sqrtsoftplus' (the V4 router) is implemented")
-        if self.hidden_act != "silu":
-            bad("hidden_act", "only 'silu' (SwiGLU) is implemented")
+        if self.attention_kinds is not None:
+            k = self.attention_kinds
+            if len(k) != len(self.compress_ratios):
+                bad("attention_kinds", f"needs one entry per entry of compress_ratios ({len(self.compress_ratios)})")
+            for i, (t, m) in enumerate(zip(k, self.compress_ratios)):
+                if t not in HF_LAYER_TYPES:
+                    bad("attention_kinds", f"entry {i} is {t!r}; each must be one of {sorted(HF_LAYER_TYPES)}")
+                if (t == "window") != (m == 0):
+                    bad("attention_kinds", f"entry {i} is {t!r} but compress_ratios[{i}] = {m}: rate 0 is "
+                                           "exactly the window-only layers")
+        from .activations import ACTIVATIONS, SCORE_FUNCTIONS
+
+        if self.scoring_func not in SCORE_FUNCTIONS:
+            bad("scoring_func", f"unknown router score function; known: {sorted(SCORE_FUNCTIONS)}")
+        if self.hidden_act not in ACTIVATIONS:
+            bad("hidden_act", f"unknown activation; known: {sorted(ACTIVATIONS)}")
         if self.swiglu_limit is not None and self.swiglu_limit <= 0:
             bad("swiglu_limit", "must be > 0 (or None for no clamp)")
         if self.routed_scaling_factor <= 0:
@@ -264,11 +287,26 @@ class V4Config:
     @property
     def layer_types(self) -> list[str]:
         """'window' | 'csa' | 'hca' for each main layer (MTP excluded)."""
-        return [self.kind_of_ratio(m) for m in self.compress_ratios[: self.num_hidden_layers]]
+        return [self.layer_kind(i) for i in range(self.num_hidden_layers)]
+
+    def layer_kind(self, layer: int) -> str:
+        """'window' | 'csa' | 'hca' of layer ``layer`` (``num_hidden_layers`` = the MTP block)."""
+        if self.attention_kinds is not None:
+            return self.attention_kinds[layer]
+        return self.kind_of_ratio(self.compress_ratios[layer])
 
     @staticmethod
     def kind_of_ratio(m: int) -> str:
+        """The official code's convention: 0 = window-only, 4 = CSA, any other rate = HCA."""
         return "window" if m == 0 else ("csa" if m == CSA_RATIO else "hca")
+
+    def rate_of(self, kind: str) -> int | None:
+        """The compression rate of the ``kind`` layers ('csa' or 'hca'), None if there are none;
+        raises if the schedule uses several (``transformers`` has one rate per kind)."""
+        rates = sorted({m for i, m in enumerate(self.compress_ratios) if self.layer_kind(i) == kind})
+        if len(rates) > 1:
+            raise ValueError(f"compress_ratios: transformers supports one {kind.upper()} rate per model, got {rates}")
+        return rates[0] if rates else None
 
     @property
     def mtp_ratio(self) -> int:
@@ -278,7 +316,7 @@ class V4Config:
         """One letter per layer: S = window-only, C = CSA, H = HCA; '|' then the MTP block."""
         letter = {"window": "S", "csa": "C", "hca": "H"}
         main = "".join(letter[t] for t in self.layer_types)
-        return main + "|" + letter[self.kind_of_ratio(self.mtp_ratio)]
+        return main + "|" + letter[self.layer_kind(self.num_hidden_layers)]
 
     def is_hash_layer(self, layer: int) -> bool:
         """Hash routing (tid2eid) in the first num_hash_layers main layers; never in MTP."""
@@ -332,15 +370,18 @@ class V4Config:
             rates = d.get("compress_rates") or {}
             csa = rates.get("compressed_sparse_attention", CSA_RATIO)
             hca = rates.get("heavily_compressed_attention", 128)
-            if csa != CSA_RATIO:
-                raise ValueError(f"compress_rates: CSA rate {csa} is not supported (V4 CSA pools 4 tokens)")
+            for name, r in (("compressed_sparse_attention", csa), ("heavily_compressed_attention", hca)):
+                if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+                    raise ValueError(f"compress_rates[{name!r}] = {r!r}: a compression rate must be an integer >= 1")
             ratio = {"window": 0, "csa": csa, "hca": hca}
             kinds = []
             for t in d["layer_types"]:
                 if t not in _FROM_HF_LAYER_TYPE:
                     raise ValueError(f"layer_types: unknown layer type {t!r}; known: {sorted(_FROM_HF_LAYER_TYPE)}")
-                kinds.append(ratio[_FROM_HF_LAYER_TYPE[t]])
-            kw["compress_ratios"] = kinds[:n] + [0]  # MTP block is window-only
+                kinds.append(_FROM_HF_LAYER_TYPE[t])
+            kinds = kinds[:n] + ["window"]  # MTP block is window-only
+            kw["compress_ratios"] = [ratio[t] for t in kinds]
+            kw["attention_kinds"] = kinds  # None again if the rates say the same
         if "num_hash_layers" not in d and "mlp_layer_types" in d:
             mlp = list(d["mlp_layer_types"])
             k = 0
@@ -395,12 +436,11 @@ class V4Config:
         """The ``transformers`` form (``DeepseekV4Config(**cfg.to_hf())``).  The official keys
         (``compress_ratios``, ``num_hash_layers``, ...) are written too, so that the dict is also a
         valid shipped ``config.json``."""
-        hca = sorted({m for m in self.compress_ratios if m not in (0, CSA_RATIO)})
-        if len(hca) > 1:
-            raise ValueError(f"compress_ratios: transformers supports one HCA rate per model, got {hca}")
+        csa, hca = self.rate_of("csa"), self.rate_of("hca")
         n = self.num_hidden_layers
         d = self.to_dict()
         d.pop("compress_ratios")
+        d.pop("attention_kinds")
         d.pop("num_hash_layers")
         d.pop("qk_rope_head_dim")
         d.pop("rope_scaling")
@@ -410,8 +450,8 @@ class V4Config:
             architectures=["DeepseekV4ForCausalLM"],
             layer_types=[HF_LAYER_TYPES[t] for t in self.layer_types],
             compress_rates={
-                "compressed_sparse_attention": CSA_RATIO,
-                "heavily_compressed_attention": hca[0] if hca else 128,
+                "compressed_sparse_attention": csa or CSA_RATIO,
+                "heavily_compressed_attention": hca or 128,
             },
             mlp_layer_types=["hash_moe" if self.is_hash_layer(i) else "moe" for i in range(n)],
             partial_rotary_factor=self.qk_rope_head_dim / self.head_dim,

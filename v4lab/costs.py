@@ -52,7 +52,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from .config import CSA_RATIO, V4Config
+from .config import V4Config
 
 GB = 1e9
 GIB = 2**30
@@ -329,12 +329,12 @@ def kv_cache_bytes(model, context_len, storage="bf16", indexer_storage="fp4", ba
             m = model.compress_ratios[i]
             row = {"layer": i, "kind": kind, "window": model.sliding_window * b_e, "compressed": 0, "indexer": 0, "state": 0}
             if m:
-                coff = 2 if m == CSA_RATIO else 1
+                coff = 2 if kind == "csa" else 1
                 n = L // m
                 row["compressed"] = n * b_e
                 row["state"] = 2 * (coff * m) * (coff * c) * STATE_BYTES
                 per_token += b_e / m
-                if m == CSA_RATIO:
+                if kind == "csa":
                     row["indexer"] = n * b_i
                     row["state"] += 2 * (coff * m) * (coff * ci) * STATE_BYTES
                     per_token += b_i / m
@@ -399,14 +399,15 @@ def activated_params(cfg: V4Config) -> dict:
             + nh  # attn_sink
             + 2 * d  # attn_norm, ffn_norm
         )
+        csa = cfg.layer_kind(i) == "csa"
         if m:
-            coff = 2 if m == CSA_RATIO else 1
+            coff = 2 if csa else 1
             p["compressor"] += 2 * coff * c * d + m * coff * c + c
-        if m == CSA_RATIO:
+        if csa:
             p["indexer"] += (
                 cfg.q_lora_rank * cfg.index_n_heads * ci  # wq_b
                 + d * cfg.index_n_heads  # weights_proj
-                + 2 * 2 * ci * d + CSA_RATIO * 2 * ci + ci  # compressor wkv, wgate, ape, norm
+                + 2 * 2 * ci * d + m * 2 * ci + ci  # compressor wkv, wgate, ape, norm
             )
         p["mhc"] += 2 * (n_mix * nhc * d + n_mix + 3)
         p["router"] += cfg.n_routed_experts * d + (0 if cfg.is_hash_layer(i) else cfg.n_routed_experts)
@@ -522,9 +523,10 @@ def _v4_flops(cfg: V4Config, L: int, prefill: bool, all_logits: bool) -> tuple[d
         m = cfg.compress_ratios[i]
         seen = window
         if m:
-            coff = 2 if m == CSA_RATIO else 1
+            csa = cfg.layer_kind(i) == "csa"
+            coff = 2 if csa else 1
             per_entry = POOL_FLOPS_PER_VALUE * coff * m * c
-            if m == CSA_RATIO:
+            if csa:
                 per_entry += POOL_FLOPS_PER_VALUE * coff * m * cfg.index_head_dim
                 entries = _sum_floor(L, m) if prefill else L // m
                 idx_qk += 2 * cfg.index_n_heads * cfg.index_head_dim * entries

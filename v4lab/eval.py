@@ -192,14 +192,15 @@ def needle_picks(records: dict, task, cfg) -> dict:
     the chance level of that per step (needle entries x k / complete entries).
     Returns ``{layer: {"hits": int, "steps": int, "chance": float}}``."""
     out = {}
-    entries = needle_entries(task, 4)
     for layer, rec in records.items():
         if rec["kind"] != "csa" or not rec["sel"]:
             continue
+        m = rec.get("ratio", 4)
+        entries = needle_entries(task, m)
         sel = torch.cat(rec["sel"], 1)[0]  # [steps, k]
         steps_pos = torch.cat(rec["pos"])
         hits = sum(bool(set(row[row >= 0].tolist()) & entries) for row in sel)
-        n_entries = [int(p + 1) // 4 for p in steps_pos.tolist()]
+        n_entries = [int(p + 1) // m for p in steps_pos.tolist()]
         chance = sum(min(1.0, len(entries) * cfg.index_topk / max(1, n)) for n in n_entries) / len(n_entries)
         out[layer] = {"hits": hits, "steps": len(sel), "chance": chance}
     return out
@@ -269,7 +270,8 @@ def speculative_generate(model, input_ids, max_new_tokens: int, chunk: int = 204
         logits, H = model(ids[:, s0 : s0 + chunk], cache=cache, return_hidden=True)
         Hs.append(H)
     H_all = torch.cat(Hs, 1)
-    mtp_lc = LayerCache(cfg, cfg.mtp_ratio, 1, model.dtype, model.device, "native", "fp4")
+    mtp_lc = LayerCache(cfg, cfg.mtp_ratio, 1, model.dtype, model.device, "native", "fp4",
+                        kind=cfg.layer_kind(cfg.num_hidden_layers))
     mtp_pos = 0
     # the MTP block has seen (H_t, x_{t+1}) for t < P-1
     if P > 1:

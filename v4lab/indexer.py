@@ -1,15 +1,20 @@
 """The Lightning Indexer of CSA layers (spec 4.5).
 
-It keeps its own small compressed keys k_j (c_I = ``index_head_dim`` channels, ratio 4, the
-overlapping compressor of ``compressor.py``) and scores every complete entry for every query:
+It keeps its own small compressed keys k_j (c_I = ``index_head_dim`` channels, the layer's rate m,
+4 in V4; the overlapping compressor of ``compressor.py``) and scores every complete entry for
+every query:
 
     I[t, j] = sum_h w[t, h] * ReLU(q[t, h] . k_j)         (no softmax)
     q[t]    = (wq_b cq_t).view(H_I, c_I), RoPE on the last dims; cq_t is the query latent
     w[t]    = weights_proj x_t * (c_I^-1/2 * H_I^-1/2)
 
-Entry j is valid for query t iff (j+1)*4 <= t+1 (its block is complete).  The attention then
+Entry j is valid for query t iff (j+1)*m <= t+1 (its block is complete).  The attention then
 reads the top-k valid entries.  Ties are broken by the lowest entry index, so the picks never
-depend on how many entries (or invalid ones) follow.
+depend on how many entries (or invalid ones) follow.  ``numerics="hf"`` instead picks what
+``transformers`` picks (``ties = "torch"``: ``torch.topk`` over a row of every entry so far, the
+invalid ones at -inf); among exactly equal scores (common with few index heads: ReLU makes whole
+rows of zeros) that choice depends on the row's length, so there, as in ``transformers``, a chunked
+or cached run can pick other entries than the full forward.
 """
 from __future__ import annotations
 
@@ -64,18 +69,41 @@ def topk_lowest_index(scores: torch.Tensor, k: int, spare: int | None = None) ->
     return torch.where(vals > NEG_INF, idx, torch.full_like(idx, -1))
 
 
+def topk_torch_order(scores: torch.Tensor, k: int, n_all: int) -> torch.Tensor:
+    """What ``transformers`` picks: ``torch.topk`` of each row padded with -inf to ``n_all``
+    entries (every compressed entry so far), k = min(k, n_all); -1 where the pick is invalid.
+    scores [..., N] with N <= n_all -> [..., min(k, n_all)]."""
+    N = scores.shape[-1]
+    k = min(k, n_all)
+    if k == 0:
+        return scores.new_empty(*scores.shape[:-1], 0, dtype=torch.long)
+    if N < n_all:
+        scores = torch.cat([scores, scores.new_full((*scores.shape[:-1], n_all - N), NEG_INF)], dim=-1)
+    vals, idx = torch.topk(scores, k, dim=-1)
+    return torch.where(vals > NEG_INF, idx, torch.full_like(idx, -1))
+
+
 class Indexer(nn.Module):
     """Parameters (checkpoint names): ``wq_b`` [H_I c_I, q_lora], ``weights_proj`` [H_I, d] and its
     own ``compressor`` (c = c_I, ratio 4)."""
 
-    def __init__(self, cfg, dtype=None):
+    def __init__(self, cfg, ratio: int = 4, dtype=None):
         super().__init__()
+        self.ratio = ratio
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.wq_b = nn.Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, bias=False, dtype=dtype)
         self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False, dtype=dtype)
-        self.compressor = Compressor(cfg.hidden_size, self.head_dim, 4, cfg.rms_norm_eps, dtype=dtype)
+        self.compressor = Compressor(cfg.hidden_size, self.head_dim, ratio, cfg.rms_norm_eps, dtype=dtype, overlap=True)
         self.qat = True  # Hadamard + FP4 round trip of q and k (reference numerics)
         self.bf16_scores = False  # deployed numerics: bf16 weights_proj and index scores
+        self.ties = "lowest"  # "torch" (numerics="hf"): break exact ties as transformers does
+
+    def pick(self, scores: torch.Tensor, n_all: int) -> torch.Tensor:
+        """The top-k entries of ``scores`` [B, Q, N] (-inf = invalid), -1 where fewer are valid;
+        ``n_all``: entries in the layer so far (only the "torch" order depends on it)."""
+        if self.ties == "torch":
+            return topk_torch_order(scores, self.topk, n_all)
+        return topk_lowest_index(scores, self.topk)
 
     def _qat(self, t: torch.Tensor) -> torch.Tensor:
         if not self.qat:

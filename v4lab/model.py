@@ -50,7 +50,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
         hc_params(self, "hc_attn", cfg, (2 + n) * n)
         hc_params(self, "hc_ffn", cfg, (2 + n) * n)
-        self.attn = Attention(cfg, ratio, dtype=dtype)
+        self.attn = Attention(cfg, ratio, dtype=dtype, kind=cfg.layer_kind(layer))
         self.ffn = MoE(cfg, layer, hash_routing, dtype=dtype)
 
     def forward(self, H, token_ids, start_pos, lc, ctx):
@@ -108,7 +108,12 @@ class V4Model(nn.Module):
       multiples of 128 (small lab configs) get a shorter last activation block.
     * ``"hf"``: what ``transformers`` 5.23 (``models/deepseek_v4/modeling_deepseek_v4.py``)
       computes: no QAT round trips, the routing weight after the down projection, SwiGLU in the
-      model dtype; for exact parity tests.
+      model dtype, and the indexer's top-k taken as ``torch.topk`` takes it (so exactly equal
+      index scores, common with few index heads, are broken as ``transformers`` breaks them; that
+      choice depends on how many entries exist, so with such ties a cached run can differ from the
+      full forward, as in ``transformers``; the Triton top-k keeps the lowest-index rule); for exact
+      parity tests.  The other modes break equal
+      index scores by the lowest entry index, which never depends on what follows.
 
     ``backend`` (``"torch"``, ``"triton"``, ``"auto"`` = Triton on a CUDA device): the Triton
     attention kernels have no backward, so whenever a gradient is needed (grad mode on and an input
@@ -166,6 +171,7 @@ class V4Model(nn.Module):
                 mod.qat = ref
                 if mod.indexer is not None:
                     mod.indexer.qat = ref
+                    mod.indexer.ties = "lowest" if ref else "torch"
                     mod.indexer.bf16_scores = dep
             if isinstance(mod, MoE):
                 mod.weight_before_w2 = ref
@@ -362,7 +368,8 @@ class V4Model(nn.Module):
         if lc is None:
             from .cache import LayerCache
 
-            lc = LayerCache(cfg, cfg.mtp_ratio, X.shape[0], self.dtype, self.device, "native", "fp4")
+            lc = LayerCache(cfg, cfg.mtp_ratio, X.shape[0], self.dtype, self.device, "native", "fp4",
+                            kind=cfg.layer_kind(cfg.num_hidden_layers))
         X = blk(X, next_ids, start_pos, lc, ctx or ForwardContext())
         y = blk.norm(hc_head(X, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, cfg))
         return F.linear(f32(y), f32(self.head.weight))

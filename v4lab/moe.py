@@ -1,10 +1,12 @@
 """Mixture-of-experts FFN, spec section 5.
 
-Router: s = sqrt(softplus(x W^T)) in fp32.  Learned layers pick the top-k of s + bias (the bias
+Router: s = sqrt(softplus(x W^T)) in fp32 (``scoring_func``; any element-wise function of
+``activations.py``).  Learned layers pick the top-k of s + bias (the bias
 steers selection only); hash layers (the first ``num_hash_layers``) look the experts up in a fixed
 table ``tid2eid[token_id]``.  Weights are the picked s, renormalised, times
 ``routed_scaling_factor``.  Every expert, routed and shared, is a SwiGLU with the gate clamped from
-above and the up projection clamped on both sides at ``swiglu_limit``.
+above and the up projection clamped on both sides at ``swiglu_limit`` (the gate's function is
+``hidden_act``: SiLU in V4).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .activations import activation
 from .config import V4Config
 from .norm import f32
 
@@ -19,8 +22,9 @@ from .norm import f32
 class Expert(nn.Module):
     """SwiGLU expert: w2(silu(min(w1 x, L)) * clamp(w3 x, -L, L))."""
 
-    def __init__(self, d: int, inter: int, limit: float | None, dtype=None):
+    def __init__(self, d: int, inter: int, limit: float | None, dtype=None, act: str = "silu"):
         super().__init__()
+        self.act = activation(act)
         self.w1 = nn.Linear(d, inter, bias=False, dtype=dtype)
         self.w2 = nn.Linear(inter, d, bias=False, dtype=dtype)
         self.w3 = nn.Linear(d, inter, bias=False, dtype=dtype)
@@ -37,7 +41,7 @@ class Expert(nn.Module):
         if self.limit is not None:
             g = g.clamp(max=self.limit)
             u = u.clamp(-self.limit, self.limit)
-        return F.silu(g) * u
+        return self.act(g) * u
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, weight_before_w2: bool = True):
         h = self.hidden(x)
@@ -55,6 +59,7 @@ class Gate(nn.Module):
         super().__init__()
         E = cfg.n_routed_experts
         self.k, self.scale, self.hash = cfg.num_experts_per_tok, cfg.routed_scaling_factor, hash_routing
+        self.score = activation(cfg.scoring_func)
         self.weight = nn.Parameter(torch.empty(E, cfg.hidden_size, dtype=dtype))
         if hash_routing:
             self.register_buffer("tid2eid", torch.zeros(cfg.vocab_size, self.k, dtype=torch.int64))
@@ -64,7 +69,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None):
         """x [T, d] -> (expert ids [T, k], weights [T, k] fp32, scores [T, E] fp32)."""
-        s = torch.sqrt(F.softplus(F.linear(f32(x), f32(self.weight))))  # [T, E]
+        s = self.score(F.linear(f32(x), f32(self.weight)))  # [T, E]
         if self.hash:
             if token_ids is None:
                 raise ValueError("hash-routed MoE layers need the input token ids")
@@ -81,8 +86,9 @@ class MoE(nn.Module):
         super().__init__()
         d, inter, lim = cfg.hidden_size, cfg.moe_intermediate_size, cfg.swiglu_limit
         self.gate = Gate(cfg, hash_routing, dtype)
-        self.experts = nn.ModuleList(Expert(d, inter, lim, dtype) for _ in range(cfg.n_routed_experts))
-        self.shared_experts = Expert(d, inter * cfg.n_shared_experts, lim, dtype) if cfg.n_shared_experts else None
+        act = cfg.hidden_act
+        self.experts = nn.ModuleList(Expert(d, inter, lim, dtype, act) for _ in range(cfg.n_routed_experts))
+        self.shared_experts = Expert(d, inter * cfg.n_shared_experts, lim, dtype, act) if cfg.n_shared_experts else None
         self.weight_before_w2 = True  # set by the model's numerics
         self.last_load: torch.Tensor | None = None  # tokens per expert of the last call (for plots / bias updates)
 

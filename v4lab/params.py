@@ -70,9 +70,9 @@ def count_parameters(cfg_or_model) -> ParamCount:
         blocks = [0, 0]
         with torch.device("meta"):
             for i in range(cfg.num_hidden_layers):
-                key = (cfg.compress_ratios[i], cfg.is_hash_layer(i))
+                key = (cfg.layer_kind(i), cfg.compress_ratios[i], cfg.is_hash_layer(i))
                 if key not in kinds:
-                    kinds[key] = _tally(Block(cfg, i, *key).named_parameters(), ".")
+                    kinds[key] = _tally(Block(cfg, i, *key[1:]).named_parameters(), ".")
                 blocks = [a + b for a, b in zip(blocks, kinds[key])]
             top = torch.nn.Module()  # what V4Model holds outside its blocks
             top.embed = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size)

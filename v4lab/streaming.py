@@ -66,7 +66,7 @@ def layer_nbytes(cfg: V4Config, layer: int, experts: str = "dequantize",
     el = torch.empty((), dtype=dtype).element_size()
     f32_el = 8 if dtype == torch.float64 else 4
     routed = other = one = 0
-    for name, storage, shape in _layer_logical(cfg, cfg.compress_ratios[layer], cfg.is_hash_layer(layer)):
+    for name, storage, shape in _layer_logical(cfg, layer, cfg.is_hash_layer(layer)):
         n = 1
         for s in shape:
             n *= s

@@ -66,7 +66,7 @@ def _selected_tokens(records: dict) -> dict:
             continue
         sel = torch.cat(rec["sel"], 1)[0]  # [steps, k]
         pos = torch.cat(rec["pos"])
-        out[layer] = (pos.numpy(), sel.numpy())
+        out[layer] = (pos.numpy(), sel.numpy(), rec.get("ratio", 4))
     return out
 
 
@@ -86,12 +86,12 @@ def plot_indexer_picks(records: dict, task=None, cfg=None, ax=None, bos: bool = 
         needle = (s.value_start + int(bos), s.value_end + int(bos))
         others = [(o.value_start + o.value_end) / 2 + int(bos) for i, o in enumerate(task.needle_spans)
                   if i != task.target]
-    for i, (layer, (pos, sel)) in enumerate(sorted(picks.items())):
+    for i, (layer, (pos, sel, ratio)) in enumerate(sorted(picks.items())):
         ax = fig.add_subplot(len(picks), 1, i + 1)
         steps = np.repeat(np.arange(len(pos)), sel.shape[1])
         ent = sel.reshape(-1)
         ok = ent >= 0
-        ax.scatter(ent[ok] * 4, steps[ok], s=10, marker="s", color=KIND_COLORS["csa"], label="picked entry (block start)")
+        ax.scatter(ent[ok] * ratio, steps[ok], s=10, marker="s", color=KIND_COLORS["csa"], label="picked entry (block start)")
         for j, x in enumerate(others):
             ax.axvline(x, color="grey", lw=1, ls="--", alpha=0.6, label="other facts" if j == 0 else None)
         if needle:
