@@ -123,3 +123,50 @@ def test_the_two_tie_orders_agree_wherever_no_tie_crosses_the_kth_score():
     z[..., 7:] = float("-inf")
     assert topk_lowest_index(z, 4).tolist() == [[[0, 1, 2, 3]]]
     assert topk_torch_order(z[..., :3], 5, n_all=4).sort(-1).values.tolist() == [[[-1, 0, 1, 2]]]
+
+
+def test_mlp_bias_gives_the_shared_expert_biases_as_in_transformers(tmp_path):
+    from v4lab.checkpoint import load_checkpoint, save_checkpoint
+    from v4lab.costs import activated_params
+    from v4lab.params import count_parameters
+
+    cfg = V4Config.preset("tiny", mlp_bias=True)
+    hf, ours, ids, diff = _parity(cfg, seed=4)
+    assert diff <= 1e-4
+    b = ours.layers[0].ffn.shared_experts.w1.bias
+    assert b is not None and b.abs().max() > 0  # loaded from transformers' randomised bias
+    with torch.no_grad():
+        for blk in ours.layers:
+            blk.ffn.shared_experts.w2.bias.zero_()
+        assert (ours(ids) - hf(ids).logits).abs().max() > 1e-3  # the biases are used
+    # the parameter count of a config knows them, and a checkpoint keeps them
+    plain = count_parameters(V4Config.preset("tiny")).total
+    per_layer = 2 * cfg.moe_intermediate_size + cfg.hidden_size
+    n_blocks = cfg.num_hidden_layers + cfg.num_nextn_predict_layers
+    assert count_parameters(cfg).total == plain + n_blocks * per_layer == sum(p.numel() for p in ours.parameters())
+    assert activated_params(cfg)["experts"] - activated_params(V4Config.preset("tiny"))["experts"] == (
+        cfg.num_hidden_layers * per_layer)
+    save_checkpoint(ours, tmp_path / "ck")
+    back = load_checkpoint(tmp_path / "ck", numerics="hf")
+    with torch.no_grad():
+        assert torch.equal(back(ids), ours(ids))
+
+
+SHAPES = {  # edges of the schedule, streams, groups, windows and routing that transformers builds
+    "one-stream": dict(hc_mult=1), "two-streams": dict(hc_mult=2), "one-group": dict(o_groups=1),
+    "window-1": dict(sliding_window=1), "window-3": dict(sliding_window=3), "no-hash": dict(num_hash_layers=0),
+    "all-hash": dict(num_hash_layers=5), "window-only": dict(compress_ratios=[0] * 6),
+    "all-csa": dict(compress_ratios=[4] * 5 + [0]), "all-hca": dict(compress_ratios=[8] * 5 + [0]),
+    "every-expert": dict(num_experts_per_tok=8), "one-expert": dict(num_experts_per_tok=1),
+    "no-yarn": dict(rope_scaling=None), "rope-everywhere": dict(qk_rope_head_dim=32, index_head_dim=32),
+    "tied-embeddings": dict(tie_word_embeddings=True), "k-past-all-entries": dict(index_topk=1000),
+    "one-layer": dict(num_hidden_layers=1, compress_ratios=[4, 0], num_hash_layers=1),
+    "one-sinkhorn-step": dict(hc_sinkhorn_iters=1),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_config_edges_match_transformers(name):
+    cfg = V4Config.preset("tiny", **SHAPES[name])
+    _, _, _, diff = _parity(cfg, seed=1, n=50)
+    assert diff <= 1e-4, f"{name}: max |diff| {diff}"

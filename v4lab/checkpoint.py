@@ -165,6 +165,12 @@ def _layer_logical(cfg: V4Config, layer: int, hash_layer: bool) -> list[tuple[st
             ("ffn.shared_experts.w2.weight", "fp8", (d, Is)),
             ("ffn.shared_experts.w3.weight", "fp8", (Is, d)),
         ]
+        if cfg.mlp_bias:  # transformers' mlp_bias (V4's checkpoints have none)
+            out += [
+                ("ffn.shared_experts.w1.bias", "model", (Is,)),
+                ("ffn.shared_experts.w2.bias", "model", (d,)),
+                ("ffn.shared_experts.w3.bias", "model", (Is,)),
+            ]
     return out
 
 

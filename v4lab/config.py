@@ -152,6 +152,7 @@ class V4Config:
     num_hash_layers: int = 3
     swiglu_limit: float = 10.0
     hidden_act: str = "silu"
+    mlp_bias: bool = False  # transformers' field: biases on the shared expert's three linears (V4: none)
     # --- mHC residual streams --------------------------------------------------------------
     hc_mult: int = 4
     hc_sinkhorn_iters: int = 20

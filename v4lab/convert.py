@@ -45,6 +45,9 @@ _LAYER_RENAMES = [
     ("ffn.shared_experts.w1.weight", "mlp.shared_experts.gate_proj.weight"),
     ("ffn.shared_experts.w3.weight", "mlp.shared_experts.up_proj.weight"),
     ("ffn.shared_experts.w2.weight", "mlp.shared_experts.down_proj.weight"),
+    ("ffn.shared_experts.w1.bias", "mlp.shared_experts.gate_proj.bias"),  # mlp_bias=True only
+    ("ffn.shared_experts.w3.bias", "mlp.shared_experts.up_proj.bias"),
+    ("ffn.shared_experts.w2.bias", "mlp.shared_experts.down_proj.bias"),
 ]
 _GLOBAL_RENAMES = [
     ("embed.weight", "model.embed_tokens.weight"),

@@ -412,6 +412,8 @@ def activated_params(cfg: V4Config) -> dict:
         p["mhc"] += 2 * (n_mix * nhc * d + n_mix + 3)
         p["router"] += cfg.n_routed_experts * d + (0 if cfg.is_hash_layer(i) else cfg.n_routed_experts)
         p["experts"] += (cfg.num_experts_per_tok + cfg.n_shared_experts) * 3 * d * cfg.moe_intermediate_size
+        if cfg.mlp_bias and cfg.n_shared_experts:  # the shared expert's biases
+            p["experts"] += 2 * cfg.n_shared_experts * cfg.moe_intermediate_size + d
     p["mhc"] += nhc * nhc * d + nhc + 1  # hc_head
     p["head"] = d + cfg.vocab_size * d
     p["total"] = sum(p.values())

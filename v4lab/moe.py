@@ -22,12 +22,12 @@ from .norm import f32
 class Expert(nn.Module):
     """SwiGLU expert: w2(silu(min(w1 x, L)) * clamp(w3 x, -L, L))."""
 
-    def __init__(self, d: int, inter: int, limit: float | None, dtype=None, act: str = "silu"):
+    def __init__(self, d: int, inter: int, limit: float | None, dtype=None, act: str = "silu", bias: bool = False):
         super().__init__()
         self.act = activation(act)
-        self.w1 = nn.Linear(d, inter, bias=False, dtype=dtype)
-        self.w2 = nn.Linear(inter, d, bias=False, dtype=dtype)
-        self.w3 = nn.Linear(d, inter, bias=False, dtype=dtype)
+        self.w1 = nn.Linear(d, inter, bias=bias, dtype=dtype)
+        self.w2 = nn.Linear(inter, d, bias=bias, dtype=dtype)
+        self.w3 = nn.Linear(d, inter, bias=bias, dtype=dtype)
         self.limit = limit
         # reference / deployed numerics: the gate, clamp, SiLU, product and routing weight in fp32,
         # rounded once to the model dtype before w2 (DeepSeek's Expert); hf: in the model dtype
@@ -88,7 +88,8 @@ class MoE(nn.Module):
         self.gate = Gate(cfg, hash_routing, dtype)
         act = cfg.hidden_act
         self.experts = nn.ModuleList(Expert(d, inter, lim, dtype, act) for _ in range(cfg.n_routed_experts))
-        self.shared_experts = Expert(d, inter * cfg.n_shared_experts, lim, dtype, act) if cfg.n_shared_experts else None
+        self.shared_experts = (Expert(d, inter * cfg.n_shared_experts, lim, dtype, act, bias=cfg.mlp_bias)
+                               if cfg.n_shared_experts else None)
         self.weight_before_w2 = True  # set by the model's numerics
         self.last_load: torch.Tensor | None = None  # tokens per expert of the last call (for plots / bias updates)
 

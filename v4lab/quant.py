@@ -434,10 +434,9 @@ def deployed_linear(x: torch.Tensor, linear: torch.nn.Module) -> torch.Tensor:
     """One FP8 / FP4 matmul as deployed: ``act_quant(x) @ W^T`` with ``W`` the checkpoint-format
     weight, float32 accumulation, result rounded to bfloat16 (the output dtype of DeepSeek's
     ``fp8_gemm`` / ``fp4_gemm``)."""
-    if linear.bias is not None:
-        raise ValueError("deployed_linear: the FP8 / FP4 linears of V4 have no bias")
     w = deployed_weight(linear)
-    return torch.nn.functional.linear(act_quant(x), w.to(torch.float32)).to(torch.bfloat16)
+    b = None if linear.bias is None else linear.bias.to(torch.float32)  # mlp_bias configs only
+    return torch.nn.functional.linear(act_quant(x), w.to(torch.float32), b).to(torch.bfloat16)
 
 
 def round_bf16(x: torch.Tensor) -> torch.Tensor:
