@@ -23,29 +23,9 @@ import time
 import torch
 
 
-def layer_figures(records: dict, task, cfg) -> dict:
-    from v4lab.eval import needle_entries
-
-    out = {}
-    for layer, rec in records.items():
-        mass = torch.cat(rec["mass"], 1)[0]  # [steps, 3] window, compressed, sink
-        row = {"kind": rec["kind"], "window": float(mass[:, 0].mean()), "compressed": float(mass[:, 1].mean()),
-               "sink": float(mass[:, 2].mean())}
-        if rec.get("entry_mass"):
-            ratio = cfg.compress_ratios[layer]
-            want = torch.tensor(sorted(needle_entries(task, ratio)))
-            nm = []
-            for idx, p in rec["entry_mass"]:
-                hit = torch.isin(idx[0, 0], want)
-                nm.append(float(p[0, 0][hit].sum()))
-            row["needle"] = sum(nm) / len(nm)
-        out[layer] = row
-    return out
-
-
 def run_variant(model, text, length, trials, depths, seed):
     from v4lab.data import decode_ids, make_needle_task
-    from v4lab.eval import answer_task
+    from v4lab.eval import answer_task, attention_mass
 
     rng = random.Random(seed)
     results = []
@@ -54,7 +34,7 @@ def run_variant(model, text, length, trials, depths, seed):
             task = make_needle_task(text, length - 1, rng, depth=d, position_offset=1)
             got, want, recs = answer_task(model, task, chunk=2048, record=True)
             results.append({"depth": d, "correct": got == want, "answer": decode_ids(got).strip(),
-                            "value": task.value, "layers": layer_figures(recs, task, model.config)})
+                            "value": task.value, "layers": attention_mass(recs, task, model.config)})
     return results
 
 

@@ -36,3 +36,21 @@ def test_the_readme_says_how_to_open_the_series():
     assert ".[notebooks]" in readme or ".[dev,notebooks" in readme
     for nb in NOTEBOOKS:
         assert nb.name in readme, f"README does not point to {nb.name}"
+
+
+def test_the_index_prints_a_measured_time_within_budget_for_every_notebook():
+    """scripts/time_notebooks.py records each notebook's wall time at its defaults; the index
+    shows it with the date, and no notebook may take more than 30 s on the 2-core CPU."""
+    rec = json.loads((ROOT / "notebooks" / "timings.json").read_text())
+    index = (ROOT / "notebooks" / "README.md").read_text()
+    assert f"measured {rec['date']}" in index
+    for nb in NOTEBOOKS:
+        s = rec["seconds"].get(nb.stem)
+        assert s is not None, f"{nb.name} was never timed: run scripts/time_notebooks.py"
+        assert s <= rec["budget_s"] <= 30, f"{nb.name} takes {s} s"
+        row = re.search(rf"^\| \[{nb.stem}\]\({nb.name}\) \|.*\| (\d+) s \|$", index, re.M)
+        assert row and int(row.group(1)) == round(s), f"notebooks/README.md row of {nb.name}"
+        # a notebook that states its own run time states the measured one (rounded up to 5 s)
+        said = re.search(r"Runs in about (\d+) seconds", nb.read_text())
+        if said:
+            assert int(said.group(1)) - 5 < s <= int(said.group(1)), f"{nb.name} says {said.group(0)}, measured {s} s"

@@ -185,6 +185,55 @@ def needle_entries(task, ratio: int) -> set[int]:
     return {p // ratio for p in range(span.value_start + 1, span.value_end + 1)}  # +1: BOS in front
 
 
+def attention_mass(records: dict, task, cfg) -> dict:
+    """Where each layer's attention went while answering ``task``, from the records of
+    ``answer_task(..., record=True)``: ``{layer: {"kind", "window", "compressed", "sink",
+    "needle"}}``, each a softmax share averaged over heads and answer steps.  "needle" (compressed
+    layers) is the share on the entries whose own block holds a byte of the asked value; it is
+    part of "compressed".  window + compressed + sink = 1."""
+    out = {}
+    for layer, rec in records.items():
+        mass = torch.cat(rec["mass"], 1)[0]  # [steps, 3]: window, compressed, sink
+        row = {"kind": rec["kind"], "window": float(mass[:, 0].mean()), "compressed": float(mass[:, 1].mean()),
+               "sink": float(mass[:, 2].mean())}
+        if rec.get("entry_mass"):
+            want = torch.tensor(sorted(needle_entries(task, rec.get("ratio", cfg.compress_ratios[layer]))))
+            shares = [float(p[0, 0][torch.isin(idx[0, 0], want)].sum()) for idx, p in rec["entry_mass"]]
+            row["needle"] = sum(shares) / len(shares)
+        out[layer] = row
+    return out
+
+
+def fact_shares(records: dict, task, cfg, kind: str = "csa") -> list[float]:
+    """For each fact of ``task`` (in prompt order), the share of the answer's attention on the
+    compressed entries holding that fact's value, averaged over the ``kind`` layers, heads and
+    answer steps (records of ``answer_task(..., record=True)``).  With MRCR's facts that all share
+    one key this shows whether the model finds the asked one or all of them alike."""
+    import dataclasses
+
+    out = []
+    for i in range(len(task.needle_spans)):
+        t = dataclasses.replace(task, target=i)
+        rows = [r for r in attention_mass(records, t, cfg).values() if r["kind"] == kind and "needle" in r]
+        if not rows:
+            raise ValueError(f"no {kind} layer with per-entry records: answer with record=True")
+        out.append(sum(r["needle"] for r in rows) / len(rows))
+    return out
+
+
+def mass_by_kind(reports: list[dict]) -> dict:
+    """The mean of several ``attention_mass`` reports, per layer kind:
+    ``{kind: {"window", "compressed", "sink"[, "needle"], "layers"}}``."""
+    acc: dict = {}
+    for rep in reports:
+        for row in rep.values():
+            k = acc.setdefault(row["kind"], {})
+            for part, v in row.items():
+                if part != "kind":
+                    k.setdefault(part, []).append(v)
+    return {kind: {part: sum(v) / len(v) for part, v in parts.items()} for kind, parts in acc.items()}
+
+
 def needle_picks(records: dict, task, cfg) -> dict:
     """Per CSA layer, from ``ForwardContext(record=True)`` records of the answer steps: at how many
     steps the Lightning Indexer's top-k held an entry whose own block holds a byte of the asked

@@ -307,3 +307,45 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a run's log
+# ----------------------------------------------------------------------------------------------
+def read_train_log(path, args: dict | str | os.PathLike | None = None, step_offset: int = 0,
+                   elapsed_offset: float = 0.0) -> list[dict]:
+    """The rows of a ``log.jsonl`` (one dict per step), each with a ``"phase"``: "dense warm-up"
+    (CSA attends every complete entry while the indexer learns by KL) or "sparse <L>" (CSA reads
+    the indexer's top-k at training length L).  Logs that predate the ``seq_len`` field take it
+    from the run's ``train_args.json`` (``args``: its path or dict; ``long_from`` /
+    ``long_seq_len`` mark the last phase).  ``step_offset`` / ``elapsed_offset`` place a run
+    that continued another (``--init``) after it."""
+    if isinstance(args, (str, os.PathLike)):
+        args = json.loads(Path(args).read_text())
+    rows = []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "seq_len" not in r:
+                if args is None:
+                    raise ValueError(f"{path}: step {r.get('step')} has no seq_len; pass the run's train_args.json")
+                long_from = args.get("long_from")
+                r["seq_len"] = args["long_seq_len"] if long_from and r["step"] >= long_from else args["seq_len"]
+            r["phase"] = "dense warm-up" if r.get("dense_csa") else f"sparse {r['seq_len']:,}"
+            r["step"] += step_offset
+            r["elapsed"] = r.get("elapsed", 0.0) + elapsed_offset
+            rows.append(r)
+    return rows
+
+
+def training_phases(rows: list[dict]) -> list[tuple[str, int, int]]:
+    """(phase, first step, last step) for each run of equal ``phase`` in ``rows``, in order."""
+    out = []
+    for r in rows:
+        if out and out[-1][0] == r["phase"]:
+            out[-1] = (r["phase"], out[-1][1], r["step"])
+        else:
+            out.append((r["phase"], r["step"], r["step"]))
+    return out

@@ -73,3 +73,66 @@ def plot_long_context(curves: dict, report: dict | None = REPORT_MRCR8, train_le
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     return fig
+
+
+KIND_NAMES = {"window": "window-only layers", "csa": "CSA layers", "hca": "HCA layers"}
+PART_STYLE = {"window": ("sliding window", "C0", "-"), "compressed": ("all compressed entries", "C2", "--"),
+              "needle": ("entries holding the asked value", "C3", "-"), "sink": ("sink", "grey", ":")}
+
+
+def plot_mass_by_distance(results: dict, window: int | None = None, title: str | None = None) -> Figure:
+    """Where the answer's attention goes as the needle moves away.  ``results``:
+    ``{distance in tokens: eval.mass_by_kind(...)}``; one panel per layer kind, one line per part
+    (window, compressed, the needle's own entries, sink), the window's reach marked."""
+    dists = sorted(results)
+    kinds = [k for k in ("window", "csa", "hca") if any(k in results[d] for d in dists)]
+    fig = Figure(figsize=(4.2 * len(kinds) + 0.6, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
+    for ax, kind in zip(axes, kinds):
+        for part, (label, color, ls) in PART_STYLE.items():
+            pts = [(d, results[d][kind][part]) for d in dists if kind in results[d] and part in results[d][kind]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=color, ls=ls, label=label)
+        if window:
+            ax.axvline(window, color="black", lw=1, ls=":", label=f"window reach ({window})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dists, [f"{d / 1000:.1f}K" if d >= 1000 else str(d) for d in dists])
+        ax.minorticks_off()
+        ax.set_title(KIND_NAMES[kind])
+        ax.set_xlabel("needle distance from the question (tokens)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of the answer's attention")
+    axes[-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(title or "Where the answer's attention goes as the needle moves away")
+    return fig
+
+
+def plot_fact_shares(shares: list[float], task, answer: str | None = None, ax=None) -> Figure:
+    """One bar per fact of ``task`` in document order: the attention share on the entries that
+    hold its value (``eval.fact_shares``).  The asked fact is red, the other facts about the same
+    key orange, facts about other keys grey; the model's answer, if given, is named."""
+    spans = task.needle_spans
+    key = spans[task.target].key
+    fig, ax = fig_ax(ax, (max(6.0, 0.7 * len(spans) + 2), 3.4))
+    colors = ["C3" if i == task.target else ("C1" if s.key == key else "0.6") for i, s in enumerate(spans)]
+    ax.bar(range(len(spans)), shares, color=colors)
+    ax.set_xticks(range(len(spans)), [f"{s.value}\n{'ASKED' if i == task.target else s.key}"
+                                     for i, s in enumerate(spans)], fontsize=7)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="C3", label=f"asked: {key} #{_ordinal_of(task)}"),
+               Patch(color="C1", label=f"other codes of the {key}"), Patch(color="0.6", label="other keys")]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.set_ylabel("share of the answer's attention")
+    ax.set_xlabel("facts in document order (value)")
+    said = f"; the model answered {answer}" if answer is not None else ""
+    ax.set_title(f"Which fact the answer's attention reads{said}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def _ordinal_of(task) -> int:
+    key = task.needle_spans[task.target].key
+    same = [i for i, s in enumerate(task.needle_spans) if s.key == key]
+    return same.index(task.target) + 1
