@@ -103,6 +103,13 @@ class Attention(nn.Module):
         self.qat = True
         self.backend = "torch"
 
+    def new_cache(self, batch: int = 1):
+        """An empty ``LayerCache`` for this layer on its own (its rate, kind, dtype and device)."""
+        from .cache import LayerCache
+
+        p = self.wkv.weight
+        return LayerCache(self.cfg, self.ratio, batch, p.dtype, p.device, kind=self.kind)
+
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, start_pos: int, lc, ctx: ForwardContext, layer_id: int = 0) -> torch.Tensor:
         B, S, _ = x.shape

@@ -177,8 +177,11 @@ class CompressorState:
 class LayerCache:
     """State of one attention layer.  The ring holds ``window`` slots (all allocated up front)."""
 
-    def __init__(self, cfg: V4Config, ratio: int, batch: int, dtype, device, storage: str, indexer_storage: str,
-                 kind: str | None = None):
+    def __init__(self, cfg: V4Config, ratio: int, batch: int = 1, dtype=torch.float32, device="cpu",
+                 storage: str = "native", indexer_storage: str = "fp4", kind: str | None = None):
+        """An empty state for one layer of rate ``ratio`` (e.g. ``LayerCache(cfg, 4)`` for a CSA
+        layer on its own, as the notebooks build one; a model's layers get theirs from
+        ``model.new_cache()``, a lone ``Attention`` from ``attn.new_cache()``)."""
         # kind: the layer's type where its rate does not say it (cfg.layer_kind); default: 4 = CSA
         self.kind = kind or cfg.kind_of_ratio(ratio)
         self.ratio, self.window = ratio, cfg.sliding_window

@@ -185,19 +185,20 @@ def needle_entries(task, ratio: int) -> set[int]:
     return {p // ratio for p in range(span.value_start + 1, span.value_end + 1)}  # +1: BOS in front
 
 
-def attention_mass(records: dict, task, cfg) -> dict:
-    """Where each layer's attention went while answering ``task``, from the records of
-    ``answer_task(..., record=True)``: ``{layer: {"kind", "window", "compressed", "sink",
-    "needle"}}``, each a softmax share averaged over heads and answer steps.  "needle" (compressed
-    layers) is the share on the entries whose own block holds a byte of the asked value; it is
-    part of "compressed".  window + compressed + sink = 1."""
+def attention_mass(records: dict, task=None, cfg=None) -> dict:
+    """Where each layer's attention went, from the records of a ``ForwardContext(record=True)``
+    pass (e.g. ``answer_task(..., record=True)``): ``{layer: {"kind", "window", "compressed",
+    "sink"[, "needle"]}}``, each a softmax share averaged over heads, batch and recorded queries.
+    With ``task``, "needle" (compressed layers, decode steps) is the share on the entries whose
+    own block holds a byte of the asked value; it is part of "compressed".
+    window + compressed + sink = 1."""
     out = {}
     for layer, rec in records.items():
-        mass = torch.cat(rec["mass"], 1)[0]  # [steps, 3]: window, compressed, sink
+        mass = torch.cat(rec["mass"], 1).flatten(0, 1)  # [batch x queries, 3]: window, compressed, sink
         row = {"kind": rec["kind"], "window": float(mass[:, 0].mean()), "compressed": float(mass[:, 1].mean()),
                "sink": float(mass[:, 2].mean())}
-        if rec.get("entry_mass"):
-            want = torch.tensor(sorted(needle_entries(task, rec.get("ratio", cfg.compress_ratios[layer]))))
+        if task is not None and rec.get("entry_mass"):
+            want = torch.tensor(sorted(needle_entries(task, rec["ratio"])))
             shares = [float(p[0, 0][torch.isin(idx[0, 0], want)].sum()) for idx, p in rec["entry_mass"]]
             row["needle"] = sum(shares) / len(shares)
         out[layer] = row

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+# one colour per layer kind (and the sink), shared by every figure
+KIND_COLORS = {"window": "#4C72B0", "csa": "#DD8452", "hca": "#55A868", "sink": "#8C8C8C"}
+
 
 def fig_ax(ax, size):
     """``(figure, axes)``: those of ``ax`` when given, else a new constrained-layout figure of

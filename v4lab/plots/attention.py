@@ -9,9 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ._common import fig_ax
-
-KIND_COLORS = {"window": "#4C72B0", "csa": "#DD8452", "hca": "#55A868", "sink": "#8C8C8C"}
+from ._common import KIND_COLORS, fig_ax  # noqa: F401  (KIND_COLORS: also read from here)
 
 
 def visibility_mask(kind: str, length: int, window: int, ratio: int = 0, selected=None) -> np.ndarray:
@@ -36,18 +34,20 @@ def visibility_mask(kind: str, length: int, window: int, ratio: int = 0, selecte
 def plot_layer_masks(length: int = 64, window: int = 16, csa_ratio: int = 4, hca_ratio: int = 16,
                      topk: int = 3, seed: int = 0) -> Figure:
     """Three panels: what a query token sees in a window-only, a CSA and an HCA layer
-    (blue = raw window tokens, orange = tokens behind compressed entries).  The CSA panel uses
-    a random top-k per query to show sparsity; the prose of the notebook explains the indexer."""
+    (blue = raw window tokens, orange = tokens behind compressed entries, white = not seen), with
+    a legend.  The CSA panel uses a random top-k per query to show sparsity; the prose of the
+    notebook explains the indexer."""
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     rng = np.random.default_rng(seed)
     sel = [rng.permutation(max(1, (t + 1) // csa_ratio))[:topk].tolist() for t in range(length)]
     panels = [
         ("window-only (SWA)", visibility_mask("window", length, window)),
-        (f"CSA (m={csa_ratio}, top-{topk})", visibility_mask("csa", length, window, csa_ratio, sel)),
-        (f"HCA (m={hca_ratio}, dense)", visibility_mask("hca", length, window, hca_ratio)),
+        (f"CSA (m={csa_ratio}, top-{topk} entries)", visibility_mask("csa", length, window, csa_ratio, sel)),
+        (f"HCA (m={hca_ratio}, every complete entry)", visibility_mask("hca", length, window, hca_ratio)),
     ]
-    fig = Figure(figsize=(12, 4))
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
     cmap = ListedColormap(["white", KIND_COLORS["window"], KIND_COLORS["csa"]])
     for i, (title, M) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
@@ -55,7 +55,11 @@ def plot_layer_masks(length: int = 64, window: int = 16, csa_ratio: int = 4, hca
         ax.set_title(title)
         ax.set_xlabel("source token s")
         ax.set_ylabel("query token t")
-    fig.tight_layout()
+    handles = [Patch(color=KIND_COLORS["window"], label=f"raw token in the {window}-token window"),
+               Patch(color=KIND_COLORS["csa"], label="token reached through a compressed entry"),
+               Patch(facecolor="white", edgecolor="0.5", label="not seen by the query")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9)
+    fig.suptitle("What one query token can read in each layer type (row t: the sources query t sees)")
     return fig
 
 
@@ -71,11 +75,15 @@ def _selected_tokens(records: dict) -> dict:
 
 
 def plot_indexer_picks(records: dict, task=None, cfg=None, ax=None, bos: bool = True) -> Figure:
-    """Which compressed entries the Lightning Indexer picked, per CSA layer, for each recorded
-    query (e.g. the answer tokens), against the entry's position in the document; the needle's
-    value (if ``task`` is given) is marked."""
+    """Which compressed entries the Lightning Indexer picked, per CSA layer, at each recorded
+    answer step, against the position of the entry's block in the prompt.  With ``task``, the
+    asked value is a red band, picks of an entry that holds a byte of it ("needle hits") are red
+    and counted in the panel's title, other facts are dashed lines; the legend sits under the
+    panels, clear of the points."""
+    from matplotlib.lines import Line2D
+
     picks = _selected_tokens(records)
-    fig = Figure(figsize=(10, 1.6 + 1.4 * max(1, len(picks))))
+    fig = Figure(figsize=(10, 2.0 + 1.5 * max(1, len(picks))), layout="constrained")
     if not picks:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no CSA picks recorded", ha="center", va="center")
@@ -83,51 +91,79 @@ def plot_indexer_picks(records: dict, task=None, cfg=None, ax=None, bos: bool = 
     needle, others = None, []
     if task is not None and task.needle_spans:
         s = task.needle_spans[task.target]  # the asked fact (MRCR: one of several)
-        needle = (s.value_start + int(bos), s.value_end + int(bos))
+        needle = (s.value_start + int(bos), s.value_end + int(bos))  # token positions of the value
         others = [(o.value_start + o.value_end) / 2 + int(bos) for i, o in enumerate(task.needle_spans)
                   if i != task.target]
-    for i, (layer, (pos, sel, ratio)) in enumerate(sorted(picks.items())):
-        ax = fig.add_subplot(len(picks), 1, i + 1)
+    axes = fig.subplots(len(picks), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (layer, (pos, sel, ratio)) in zip(axes, sorted(picks.items())):
         steps = np.repeat(np.arange(len(pos)), sel.shape[1])
         ent = sel.reshape(-1)
         ok = ent >= 0
-        ax.scatter(ent[ok] * ratio, steps[ok], s=10, marker="s", color=KIND_COLORS["csa"], label="picked entry (block start)")
-        for j, x in enumerate(others):
-            ax.axvline(x, color="grey", lw=1, ls="--", alpha=0.6, label="other facts" if j == 0 else None)
+        hit = np.zeros_like(ok)
         if needle:
-            ax.axvline((needle[0] + needle[1]) / 2, color="red", lw=1.5, alpha=0.7, label="asked value")
+            want = np.array(sorted({p // ratio for p in range(needle[0], needle[1])}))
+            hit = ok & np.isin(ent, want)
+            ax.axvspan(needle[0], needle[1], color="red", alpha=0.25, lw=0)
+        for x in others:
+            ax.axvline(x, color="grey", lw=1, ls="--", alpha=0.6)
+        ax.scatter(ent[ok & ~hit] * ratio, steps[ok & ~hit], s=10, marker="s", color=KIND_COLORS["csa"])
+        ax.scatter(ent[hit] * ratio, steps[hit], s=28, marker="s", color="red", edgecolors="black", linewidths=0.5)
+        n_hit = len({int(t) for t in steps[hit]})
+        title = f"layer {layer} (CSA, top-{sel.shape[1]})"
+        if needle:
+            title += f": a needle entry picked at {n_hit} of {len(pos)} answer steps"
+        ax.set_title(title, fontsize=9, loc="left")
         ax.set_xlim(0, max(int(pos.max()) + 1, 1))
-        ax.set_ylabel(f"layer {layer}\nquery #")
-        if i == 0:
-            ax.set_title("Lightning Indexer top-k picks (x: token position of the entry's block)")
-            ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("token position in the prompt")
-    fig.tight_layout()
+        ax.set_ylim(-0.6, len(pos) - 0.4)
+        ax.set_yticks(range(len(pos)))
+        ax.set_ylabel("answer step")
+    axes[-1].set_xlabel("token position in the prompt (an entry is drawn at its block's first token)")
+    handles = [Line2D([], [], marker="s", ls="none", color=KIND_COLORS["csa"], label="picked entry")]
+    if needle:
+        handles += [Line2D([], [], marker="s", ls="none", color="red", markeredgecolor="black",
+                           label="picked entry holding the asked value"),
+                    Line2D([], [], color="red", alpha=0.4, lw=6, label="asked value")]
+    if others:
+        handles.append(Line2D([], [], color="grey", ls="--", label="other facts"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
+    fig.suptitle("Which compressed entries the Lightning Indexer picked while the answer was written")
     return fig
 
 
 def attention_mass(records: dict) -> dict:
-    """Per layer: mean share of attention on window / compressed entries / sink."""
-    out = {}
-    for layer, rec in sorted(records.items()):
-        m = torch.cat(rec["mass"], 1)  # [B, S, 3]
-        out[layer] = {"kind": rec["kind"], **dict(zip(("window", "compressed", "sink"), m.mean((0, 1)).tolist()))}
-    return out
+    """Per layer: mean share of attention on window / compressed entries / sink
+    (``v4lab.eval.attention_mass`` without a task)."""
+    from ..eval import attention_mass as _mass
+
+    return dict(sorted(_mass(records).items()))
 
 
-def plot_attention_mass(records: dict, ax=None) -> Figure:
-    """Stacked bars: where each layer's attention goes (window vs compressed vs sink)."""
+def plot_attention_mass(records: dict) -> Figure:
+    """Where each layer's attention goes: stacked bars of the window / compressed / sink shares
+    with their percentages, and below them the sink's share on its own scale (it is too small to
+    see in the stack, and it is what keeps a head free to attend to nothing)."""
     mass = attention_mass(records)
-    fig, ax = fig_ax(ax, (7, 3.5))
     layers = list(mass)
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    top, low = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
     bottom = np.zeros(len(layers))
     for part, color in (("window", KIND_COLORS["window"]), ("compressed", KIND_COLORS["csa"]), ("sink", KIND_COLORS["sink"])):
         vals = np.array([mass[l][part] for l in layers])
-        ax.bar(range(len(layers)), vals, bottom=bottom, color=color, label=part)
+        top.bar(range(len(layers)), vals, bottom=bottom, color=color, label=part)
+        for x, (v, b) in enumerate(zip(vals, bottom)):
+            if v >= 0.04:
+                top.text(x, b + v / 2, f"{v:.0%}", ha="center", va="center", fontsize=8, color="white")
         bottom += vals
-    ax.set_xticks(range(len(layers)), [f"{l}\n{mass[l]['kind']}" for l in layers])
-    ax.set_ylabel("share of attention")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("Where the attention mass goes")
+    top.set_ylabel("share of attention")
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    top.set_title("Where each layer's attention goes: its window, compressed entries, the sink")
+    sink = np.array([mass[l]["sink"] for l in layers])
+    low.bar(range(len(layers)), sink, color=KIND_COLORS["sink"])
+    for x, v in enumerate(sink):
+        low.text(x, v, f"{v:.2%}", ha="center", va="bottom", fontsize=8)
+    low.set_ylim(0, max(float(sink.max()) * 1.35, 1e-6))
+    low.set_ylabel("sink share\n(own scale)")
+    low.set_xticks(range(len(layers)), [f"{l}\n{mass[l]['kind']}" for l in layers])
+    low.set_xlabel("layer")
     return fig

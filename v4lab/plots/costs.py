@@ -156,14 +156,16 @@ def plot_measured_cache(measured, ax=None) -> Figure:
 
 
 def plot_kernel_timings(report: dict, mode: str = "decode", backend: str | None = None,
-                        kernels=None, ax=None) -> Figure:
+                        kernels=None) -> Figure:
     """Median time per call against context length from a :mod:`v4lab.bench_kernels` report
-    (the dict written to ``kernels.json``), log-log, one line per kernel.
+    (the dict written to ``kernels.json``), log-log, in two panels so that no line hides another:
+    left, whole layers (``csa_layer``: indexer top-k + sparse attention; ``hca_attention``)
+    against dense SDPA over all L keys (dashed, the baseline); right, the parts a CSA / HCA layer
+    is made of.
 
     ``backend``: "torch" (the PyTorch references) or "triton" (GPU runs); default: "triton" when
-    the report has it, else "torch".  Dense SDPA over all L keys is always drawn (dashed) as the
-    baseline.  The title names the device of the run, so CPU timings of the PyTorch path are
-    never mistaken for kernel speed.
+    the report has it, else "torch".  The title names the device of the run, so CPU timings of
+    the PyTorch path are never mistaken for kernel speed.
     """
     results = [r for r in report.get("results", []) if r.get("mode") == mode and "ms" in r]
     have = {r["backend"] for r in results}
@@ -172,29 +174,37 @@ def plot_kernel_timings(report: dict, mode: str = "decode", backend: str | None 
     for r in results:
         if r["backend"] == backend and r["kernel"] not in names and (kernels is None or r["kernel"] in kernels):
             names.append(r["kernel"])
-    fig, ax = fig_ax(ax, (8, 4.5))
-    for i, name in enumerate(names):
-        pts = sorted((r["context"], r["ms"]) for r in results if r["kernel"] == name and r["backend"] == backend)
-        lw, z = (2.2, 3) if name == "csa_layer" else (1.0, 2)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, lw=lw, zorder=z,
-                label=name + (" (indexer top-k + sparse)" if name == "csa_layer" else ""))
+    whole = [n for n in names if n in ("csa_layer", "hca_attention")]
+    parts = [n for n in names if n not in whole and n != "dense_sdpa"]
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    markers = "osD^vP*X<>"
+    for ax, group in ((left, whole), (right, parts)):
+        for i, name in enumerate(group):
+            pts = sorted((r["context"], r["ms"]) for r in results if r["kernel"] == name and r["backend"] == backend)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], markersize=4,
+                    lw=2.0 if ax is left else 1.2, color=f"C{i}",
+                    label=name + (" (indexer top-k + sparse)" if name == "csa_layer" else ""))
     dense = sorted((r["context"], r["ms"]) for r in results if r["kernel"] == "dense_sdpa")
     if dense:
-        ax.plot([p[0] for p in dense], [p[1] for p in dense], "k--", marker="s", markersize=3, lw=1.5,
-                label="dense SDPA over all L keys")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+        left.plot([p[0] for p in dense], [p[1] for p in dense], "k--", marker="s", markersize=3, lw=1.5,
+                  label="dense SDPA over all L keys")
     ctx = sorted({r["context"] for r in results})
-    if ctx:
-        ax.set_xticks(ctx, [short_len(L) for L in ctx])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("ms per call (median)")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        if ctx:
+            ax.set_xticks(ctx, [short_len(L) for L in ctx])
+        ax.set_xlabel("context length (tokens)")
+        ax.grid(True, which="major", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper left")
+    left.set_ylabel("ms per call (median)")
     where = "PyTorch path" if backend == "torch" else "Triton kernels"
     device = str(report.get("device", "?"))
     machine = report.get("device_name") or device
     on = machine if not device.startswith("cpu") else "CPU" if machine in (device, "") else f"CPU ({machine})"
-    ax.set_title(f"{mode}: {where} on {on}, {str(report.get('dtype', '?')).replace('torch.', '')}",
-                 fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    left.set_title(f"{mode}: {where} on {on}, {str(report.get('dtype', '?')).replace('torch.', '')}: "
+                   "whole layers against dense", fontsize=10)
+    right.set_title("the parts of a CSA / HCA layer", fontsize=10)
     return fig

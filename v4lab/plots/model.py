@@ -13,8 +13,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._common import fig_ax, short_len
-from .attention import KIND_COLORS
+from ._common import KIND_COLORS, fig_ax, short_len
 
 SCHEDULE_COLORS = {"S": KIND_COLORS["window"], "C": KIND_COLORS["csa"], "H": KIND_COLORS["hca"]}
 """Colour of each layer letter of :meth:`V4Config.schedule_string`."""
@@ -202,29 +201,40 @@ def standardize_rows(scores) -> np.ndarray:
 
 def plot_indexer_scores(scores, positions, picks=None, ratio: int = 4, window: int | None = None,
                         ax=None, title: str = "Lightning Indexer scores I[t, j]",
-                        standardize: bool = True) -> Figure:
+                        standardize: bool = True, pick_rows: int = 24) -> Figure:
     """Heatmap of indexer scores [queries, entries] (-inf = not valid yet, drawn white) with the
-    top-k picks of each query as dots and, optionally, the window edge (entries left of the
+    top-k picks of some queries as rings and, optionally, the window edge (entries left of the
     dashed line hold tokens that are no longer in the window).  ``positions``: the token
     position of each query row; ``standardize``: show each row's scores as z-scores
-    (:func:`standardize_rows`)."""
+    (:func:`standardize_rows`); ``pick_rows``: the picks of about this many evenly spaced query
+    rows are drawn (all rows' picks would cover the scores they come from)."""
+    from matplotlib.lines import Line2D
+
     S = _np(scores).astype(float)
     pos = _np(positions).astype(int)
-    fig, ax = fig_ax(ax, (8, 4.5))
+    fig, ax = fig_ax(ax, (8.5, 4.8))
     shown = standardize_rows(S) if standardize else np.where(np.isfinite(S), S, np.nan)
     im = ax.imshow(shown, aspect="auto", cmap="magma", interpolation="nearest",
                    extent=(-0.5, S.shape[1] - 0.5, S.shape[0] - 0.5, -0.5))
     fig.colorbar(im, ax=ax, label="score (z-score per query)" if standardize else "score")
+    handles = []
     if picks is not None:
         P = _np(picks).astype(int)
-        rows = np.repeat(np.arange(P.shape[0]), P.shape[1])
-        ent = P.reshape(-1)
+        every = max(1, int(np.ceil(P.shape[0] / max(1, pick_rows))))
+        shown_rows = np.arange(0, P.shape[0], every)
+        rows = np.repeat(shown_rows, P.shape[1])
+        ent = P[shown_rows].reshape(-1)
         ok = ent >= 0
-        ax.scatter(ent[ok], rows[ok], s=1.5, color="#00D0FF", marker="s", linewidths=0, label="top-k picks")
-        ax.legend(loc="upper right", fontsize=8, markerscale=4)
+        ax.scatter(ent[ok], rows[ok], s=14, facecolors="none", edgecolors="#00E5FF", linewidths=0.9)
+        what = "every query" if every == 1 else f"every {every}th query row"
+        handles.append(Line2D([], [], marker="o", ls="none", markerfacecolor="none", markeredgecolor="#00E5FF",
+                              label=f"top-{P.shape[1]} picks of {what}"))
     if window is not None:
         edge = np.maximum(pos - window + 1, 0) / ratio
         ax.plot(edge, np.arange(len(pos)), color="white", linewidth=1, linestyle="--")
+        handles.append(Line2D([], [], color="0.3", ls="--", label="window edge (left of it: out of the window)"))
+    if handles:
+        ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.9)
     step = max(1, len(pos) // 8)
     ax.set_yticks(range(0, len(pos), step), pos[::step])
     ax.set_ylabel("query position t")
@@ -327,8 +337,12 @@ def plot_receptive_fields(t: int, window: int, csa_ratio: int = 4, hca_ratio: in
 
 def plot_probe(results: dict, metric: str = "accuracy", chance: dict | None = None, ax=None) -> Figure:
     """Bars of linear-probe scores: ``results`` {probe name: {representation: score}}; one group
-    of bars per probe, one bar per representation; ``chance`` {probe name: chance level}."""
-    fig, ax = fig_ax(ax, (8, 3.4))
+    of bars per probe, one bar per representation, each labelled with its value (a score of 0 or
+    below, e.g. an R^2 under 0, is still drawn and labelled; a missing one says "n/a");
+    ``chance`` {probe name: chance level}, dotted."""
+    from matplotlib.lines import Line2D
+
+    fig, ax = fig_ax(ax, (8.5, 3.8))
     probes = list(results)
     reps = []
     for p in probes:
@@ -337,19 +351,29 @@ def plot_probe(results: dict, metric: str = "accuracy", chance: dict | None = No
                 reps.append(r)
     width = 0.8 / max(1, len(reps))
     colors = [KIND_COLORS["window"], KIND_COLORS["csa"], KIND_COLORS["hca"], "#8172B3", "#937860"]
+    lo = 0.0
     for i, r in enumerate(reps):
         vals = [results[p].get(r, np.nan) for p in probes]
-        ax.bar(np.arange(len(probes)) + (i - (len(reps) - 1) / 2) * width, vals, width,
-               color=colors[i % len(colors)], label=r)
+        xs = np.arange(len(probes)) + (i - (len(reps) - 1) / 2) * width
+        ax.bar(xs, vals, width, color=colors[i % len(colors)], label=r)
+        for x, v in zip(xs, vals):
+            if np.isnan(v):
+                ax.text(x, 0.02, "n/a", ha="center", va="bottom", fontsize=7, color="0.4")
+            else:
+                ax.text(x, max(v, 0) + 0.015, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+                lo = min(lo, v)
+    handles, labels = ax.get_legend_handles_labels()
     if chance:
         for i, p in enumerate(probes):
             if p in chance:
                 ax.hlines(chance[p], i - 0.45, i + 0.45, color="black", linestyle=":", linewidth=1)
+        handles.append(Line2D([], [], color="black", ls=":", label="chance"))
+    ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xticks(range(len(probes)), probes, fontsize=8)
     ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("What a linear read-out recovers (dotted: chance)")
+    ax.set_ylim(min(0.0, lo - 0.08), 1.05)
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.set_title("What a linear read-out recovers from each representation of a block")
     return fig
 
 
