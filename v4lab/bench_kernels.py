@@ -252,6 +252,44 @@ def cases(x, L, S, dims, mode, ops_by_backend, elt):
 # driver
 # --------------------------------------------------------------------------------------------
 
+GPU_WORDS = r"\b(GPU|CUDA|NVIDIA|H100|H200|H800|A100|L40S?|RTX)\b"
+
+
+def gpu_sections(markdown_text: str) -> list[str]:
+    """The sections of a Markdown file (e.g. ``BENCHMARKS.md``) whose heading names a GPU, each
+    with its subsections, in order."""
+    import re
+
+    words = re.compile(GPU_WORDS, re.IGNORECASE)
+    sections, current, level = [], None, 0
+    for line in markdown_text.splitlines():
+        heading = re.match(r"^(#{1,6})\s+(.*)", line)
+        if heading:
+            depth = len(heading.group(1))
+            if current is not None and depth <= level:
+                sections.append(current)
+                current = None
+            if current is None and words.search(heading.group(2)):
+                current, level = [], depth
+        if current is not None:
+            current.append(line)
+    if current is not None:
+        sections.append(current)
+    return ["\n".join(sec) for sec in sections]
+
+
+def recorded_gpu_results(path) -> tuple[str, list[str]]:
+    """What ``BENCHMARKS.md`` at ``path`` records for GPUs: ``("measured", sections)`` when a GPU
+    section holds figures, ``("not measured", sections)`` when its GPU sections say none were
+    taken, ``("absent", [])`` when there is no such section or no file."""
+    path = Path(path)
+    found = gpu_sections(path.read_text()) if path.exists() else []
+    measured = [sec for sec in found if "not measured" not in sec.lower()]
+    if measured:
+        return "measured", measured
+    return ("not measured", found) if found else ("absent", [])
+
+
 def _parse_sizes(text):
     out = []
     for tok in text.split(","):
