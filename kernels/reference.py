@@ -2,9 +2,13 @@
 
 Every Triton wrapper in this package has a twin here with the same name and signature, so a
 caller can swap backends with one import (``from v4lab.kernels import reference as ref``).  The
-references compute in fp32, run on any device, and are written for clarity first; they process
-queries in chunks so that their memory stays bounded (about ``_BUDGET`` fp32 elements of
-intermediates) even at long contexts, which makes them usable as the CPU path of the model.
+references compute in fp32 (fp64 inputs stay fp64), run on any device, and process queries in chunks so that their
+memory stays bounded (about ``_BUDGET`` fp32 elements of intermediates) even at long contexts.
+
+Where the model has the op, the reference *is* the model's code: compressor pooling is
+``v4lab.compressor.pool_blocks``, indexer scoring ``v4lab.indexer.index_scores`` and top-k
+``v4lab.indexer.topk_lowest_index``; the functions here only adapt the kernel signature, so a
+kernel is checked against exactly what the model's torch path computes.
 
 Shapes are batch-first.  Notation follows the architecture note (sections 4.4-4.9):
 ``ratio`` = m (4 for CSA, 128 for HCA), ``c`` = compressed width, ``H`` = heads, ``D`` = head dim.
@@ -42,29 +46,26 @@ def compress_pool(kv, gate, ape, ratio, overlap, prev_kv=None, prev_gate=None):
     """Pool complete blocks of ``ratio`` tokens into compressed entries (before norm and RoPE).
 
     kv, gate: [B, T, coff*c] projections of T tokens; the first token sits at a block start.
-    ape: [ratio, coff*c] fp32, added to gate row r of every block.  coff = 2 if overlap else 1.
-    Returns [B, T // ratio, c] fp32; a trailing partial block is ignored.
+    ape: [ratio, coff*c] fp32, added to gate row r of every block (None: already added).
+    coff = 2 if overlap else 1.  Returns [B, T // ratio, c] fp32; a trailing partial block is
+    ignored.
 
     overlap=False (HCA):  out[j, e] = sum_r softmax_r(gate[jm+r, e] + ape[r, e]) * kv[jm+r, e].
     overlap=True (CSA):   entry j pools 2*ratio rows with one per-channel softmax: the A-half
     (channels [:c]) of block j-1 and the B-half (channels [c:]) of block j.  For j = 0 the
     previous block is (prev_kv, prev_gate) [B, ratio, c] (ape already added to prev_gate) or,
-    when None, absent (kv 0, gate -inf: weight 0).
+    when None, absent (kv 0, gate -inf: weight 0).  The pooling is ``pool_blocks``.
     """
+    from ..compressor import pool_blocks
+    from ..norm import f32
+
     B, T, width = kv.shape
     nb = T // ratio
-    c = width // 2 if overlap else width
-    a = kv[:, : nb * ratio].float().reshape(B, nb, ratio, width)
-    z = gate[:, : nb * ratio].float().reshape(B, nb, ratio, width) + ape.float()
-    if overlap:
-        A = a.new_zeros(B, nb, 2 * ratio, c)
-        Z = a.new_full((B, nb, 2 * ratio, c), float("-inf"))
-        A[:, :, ratio:], Z[:, :, ratio:] = a[..., c:], z[..., c:]          # own block, B-half
-        A[:, 1:, :ratio], Z[:, 1:, :ratio] = a[:, :-1, :, :c], z[:, :-1, :, :c]  # prev, A-half
-        if prev_kv is not None and nb > 0:
-            A[:, 0, :ratio], Z[:, 0, :ratio] = prev_kv.float(), prev_gate.float()
-        a, z = A, Z
-    return (a * torch.softmax(z, dim=2)).sum(dim=2)                          # [B, nb, c]
+    z = f32(gate[:, : nb * ratio])
+    if ape is not None:
+        z = (z.reshape(B, nb, ratio, width) + f32(ape)).reshape(B, nb * ratio, width)
+    prev = (None, None) if prev_kv is None else (f32(prev_kv), f32(prev_gate))
+    return pool_blocks(f32(kv[:, : nb * ratio]), z, ratio, overlap, *prev)
 
 
 def compress_pool_decode(kv_rows, gate_rows, overlap):
@@ -74,12 +75,11 @@ def compress_pool_decode(kv_rows, gate_rows, overlap):
     CSA (overlap=True):  [B, 2m, 2c]; rows 0..m-1 = previous block, rows m..2m-1 = current
     block; pools the A-half of rows 0..m-1 with the B-half of rows m..2m-1.
     """
-    a, z = kv_rows.float(), gate_rows.float()
-    if overlap:
-        m, c = a.shape[1] // 2, a.shape[2] // 2
-        a = torch.cat([a[:, :m, :c], a[:, m:, c:]], dim=1)
-        z = torch.cat([z[:, :m, :c], z[:, m:, c:]], dim=1)
-    return (a * torch.softmax(z, dim=1)).sum(dim=1)
+    if not overlap:
+        return compress_pool(kv_rows, gate_rows, None, kv_rows.shape[1], False)[:, 0]
+    m, c = kv_rows.shape[1] // 2, kv_rows.shape[2] // 2
+    return compress_pool(kv_rows[:, m:], gate_rows[:, m:], None, m, True,
+                         kv_rows[:, :m, :c], gate_rows[:, :m, :c])[:, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,20 +93,11 @@ def indexer_scores(q, w, k, q_pos, ratio):
     (entry j covers block j), q_pos [S] int64 absolute positions.
     score[b,s,j] = sum_h w[b,s,h] * relu(q[b,s,h] . k[b,j])  if (j+1)*ratio <= q_pos[s]+1
                    -inf                                      otherwise.
+    The model's ``v4lab.indexer.index_scores``.
     """
-    B, S, H, _ = q.shape
-    N = k.shape[1]
-    out = q.new_empty(B, S, N, dtype=torch.float32)
-    kf = k.float()
-    j = torch.arange(N, device=q.device)
-    step = _chunk_rows(S, B * H * N)
-    for s0 in range(0, S, step):
-        s1 = min(S, s0 + step)
-        logits = torch.einsum("bshd,bnd->bshn", q[:, s0:s1].float(), kf).relu_()
-        score = torch.einsum("bshn,bsh->bsn", logits, w[:, s0:s1].float())
-        valid = (j[None, :] + 1) * ratio <= q_pos[s0:s1, None].to(q.device) + 1   # [s, N]
-        out[:, s0:s1] = score.masked_fill(~valid, float("-inf"))
-    return out
+    from ..indexer import index_scores
+
+    return index_scores(q, w, k, q_pos.to(q.device), ratio, budget=_BUDGET // 4)
 
 
 # Deterministic top-k.  torch.topk does not promise an order among equal values, so the
@@ -142,9 +133,12 @@ def indexer_topk(q, w, k, q_pos, ratio, topk, chunk_size=None):
     """Top-k valid compressed entries per query.  Returns [B, S, min(topk, N)] int64.
 
     Picks are ordered by score (descending), ties broken by the lowest entry index; slots beyond
-    the number of valid entries hold -1.  Queries are processed ``chunk_size`` at a time (default:
-    as many as fit a fixed budget) so memory stays O(chunk * N).
+    the number of valid entries hold -1 (the model's ``v4lab.indexer.topk_lowest_index``).
+    Queries are processed ``chunk_size`` at a time (default: as many as fit a fixed budget) so
+    memory stays O(chunk * N).
     """
+    from ..indexer import topk_lowest_index
+
     B, S = q.shape[:2]
     N = k.shape[1]
     out = torch.full((B, S, min(topk, N)), -1, dtype=torch.int64, device=q.device)
@@ -154,7 +148,7 @@ def indexer_topk(q, w, k, q_pos, ratio, topk, chunk_size=None):
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
         scores = indexer_scores(q[:, s0:s1], w[:, s0:s1], k, q_pos[s0:s1], ratio)
-        out[:, s0:s1] = topk_from_keys(topk_keys(scores), topk)
+        out[:, s0:s1] = topk_lowest_index(scores, topk)
     return out
 
 

@@ -34,8 +34,8 @@ def pool_blocks(kv, z, m: int, overlap: bool, prev_kv=None, prev_z=None):
     nb = T // m
     if nb == 0:
         return kv.new_zeros(B, 0, C // 2 if overlap else C)
-    kv = kv[:, : nb * m].view(B, nb, m, C)
-    z = z[:, : nb * m].view(B, nb, m, C)
+    kv = kv[:, : nb * m].reshape(B, nb, m, C)
+    z = z[:, : nb * m].reshape(B, nb, m, C)
     if overlap:
         c = C // 2
         if prev_kv is None:

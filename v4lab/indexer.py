@@ -83,6 +83,47 @@ def topk_torch_order(scores: torch.Tensor, k: int, n_all: int) -> torch.Tensor:
     return torch.where(vals > NEG_INF, idx, torch.full_like(idx, -1))
 
 
+def index_scores(q, w, keys, positions, ratio: int = 4, budget: int = 1 << 22):
+    """The Lightning Indexer's scores, the one definition (``Indexer.scores`` and
+    ``v4lab.kernels.reference.indexer_scores`` call it).
+
+    q [B, S, H_I, c_I], w [B, S, H_I] (scaled), keys [B, N, c_I], positions [S] ->
+    I [B, S, N] fp32 (fp64 for fp64 inputs): sum_h w * ReLU(q . k), -inf where (j+1)*ratio > t+1.
+    The per-head products are made for a few queries at a time (at most ``budget`` values).
+    A bfloat16 ``w`` (deployed numerics) rounds q . k, w * ReLU(q . k) and the head sum to
+    bf16, as the deployed code's bf16 einsum / multiply / sum do."""
+    def r(t):
+        return t.to(torch.bfloat16).float()
+
+    B, S, H, c = q.shape
+    N = keys.shape[1]
+    kT = f32(keys).transpose(1, 2)  # [B, c, N]
+    out = q.new_empty(B, S, N, dtype=f32(w).dtype)
+    step = max(1, budget // max(1, H * N * B))
+    pos = positions.tolist()
+    for s0 in range(0, S, step):
+        s1 = min(S, s0 + step)
+        blk = pos[s0:s1]
+        n = min(N, (max(blk) + 1) // ratio)  # no query of this block sees entries >= n
+        out[:, s0:s1, n:] = NEG_INF
+        if n == 0:
+            continue
+        dots = torch.matmul(f32(q[:, s0:s1]).reshape(B, (s1 - s0) * H, c), kT[..., :n])  # [B, s*H, n]
+        if w.dtype == torch.bfloat16:
+            prod = r(F.relu(r(dots)).view(B, s1 - s0, H, n) * f32(w[:, s0:s1])[..., None])
+            out[:, s0:s1, :n] = r(prod.sum(2))
+        else:  # the head sum as one batched matrix-vector product, ReLU in place
+            dots = dots.relu_().view(B * (s1 - s0), H, n)
+            out[:, s0:s1, :n] = torch.bmm(f32(w[:, s0:s1]).reshape(B * (s1 - s0), 1, H), dots).view(B, s1 - s0, n)
+        # only the trailing entries can be invalid for some queries of the block
+        lo = min(n, (min(blk) + 1) // ratio)
+        if lo < n:
+            cols = torch.arange(lo, n, device=q.device)
+            bad = (cols[None, :] + 1) * ratio > positions[s0:s1, None] + 1
+            out[:, s0:s1, lo:n].masked_fill_(bad, NEG_INF)
+    return out
+
+
 class Indexer(nn.Module):
     """Parameters (checkpoint names): ``wq_b`` [H_I c_I, q_lora], ``weights_proj`` [H_I, d] and its
     own ``compressor`` (c = c_I, ratio 4)."""
@@ -132,37 +173,5 @@ class Indexer(nn.Module):
 
     @staticmethod
     def scores(q, w, keys, positions, ratio: int = 4, budget: int = 1 << 22):
-        """I [B, S, N] fp32: sum_h w * ReLU(q . k), -inf where (j+1)*ratio > t+1.
-        The per-head products are made for a few queries at a time (at most ``budget`` values).
-        A bfloat16 ``w`` (deployed numerics) rounds q . k, w * ReLU(q . k) and the head sum to
-        bf16, as the deployed code's bf16 einsum / multiply / sum do."""
-        def r(t):
-            return t.to(torch.bfloat16).float()
-
-        B, S, H, c = q.shape
-        N = keys.shape[1]
-        kT = f32(keys).transpose(1, 2)  # [B, c, N]
-        out = q.new_empty(B, S, N, dtype=f32(w).dtype)
-        step = max(1, budget // max(1, H * N * B))
-        pos = positions.tolist()
-        for s0 in range(0, S, step):
-            s1 = min(S, s0 + step)
-            blk = pos[s0:s1]
-            n = min(N, (max(blk) + 1) // ratio)  # no query of this block sees entries >= n
-            out[:, s0:s1, n:] = NEG_INF
-            if n == 0:
-                continue
-            dots = torch.matmul(f32(q[:, s0:s1]).reshape(B, (s1 - s0) * H, c), kT[..., :n])  # [B, s*H, n]
-            if w.dtype == torch.bfloat16:
-                prod = r(F.relu(r(dots)).view(B, s1 - s0, H, n) * f32(w[:, s0:s1])[..., None])
-                out[:, s0:s1, :n] = r(prod.sum(2))
-            else:  # the head sum as one batched matrix-vector product, ReLU in place
-                dots = dots.relu_().view(B * (s1 - s0), H, n)
-                out[:, s0:s1, :n] = torch.bmm(w[:, s0:s1].reshape(B * (s1 - s0), 1, H), dots).view(B, s1 - s0, n)
-            # only the trailing entries can be invalid for some queries of the block
-            lo = min(n, (min(blk) + 1) // ratio)
-            if lo < n:
-                cols = torch.arange(lo, n, device=q.device)
-                bad = (cols[None, :] + 1) * ratio > positions[s0:s1, None] + 1
-                out[:, s0:s1, lo:n].masked_fill_(bad, NEG_INF)
-        return out
+        """I [B, S, N] fp32 (see :func:`index_scores`, the one definition)."""
+        return index_scores(q, w, keys, positions, ratio, budget)
