@@ -23,11 +23,19 @@ def sinkhorn(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     """Project [..., n, n] logits to a doubly-stochastic matrix, in the shipped kernel's order:
     row softmax (+eps), column normalisation, then (iters-1) x [row, column] normalisations.
     The last step is a column normalisation, so columns sum to 1 (rows approximately)."""
-    m = logits.softmax(dim=-1) + eps
-    m = m / (m.sum(dim=-2, keepdim=True) + eps)
-    for _ in range(iters - 1):
-        m = m / (m.sum(dim=-1, keepdim=True) + eps)
+    if torch.is_grad_enabled() and logits.requires_grad:  # autograd needs every intermediate
+        m = logits.softmax(dim=-1) + eps
         m = m / (m.sum(dim=-2, keepdim=True) + eps)
+        for _ in range(iters - 1):
+            m = m / (m.sum(dim=-1, keepdim=True) + eps)
+            m = m / (m.sum(dim=-2, keepdim=True) + eps)
+        return m
+    # the same arithmetic in place (fewer allocations: this runs twice per layer per decode step)
+    m = logits.softmax(dim=-1).add_(eps)
+    m.div_(m.sum(dim=-2, keepdim=True).add_(eps))
+    for _ in range(iters - 1):
+        m.div_(m.sum(dim=-1, keepdim=True).add_(eps))
+        m.div_(m.sum(dim=-2, keepdim=True).add_(eps))
     return m
 
 
