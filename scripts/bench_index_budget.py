@@ -1,6 +1,9 @@
 """Prefill of 128K tokens with the indexer's scoring blocks at 2^22 and at 2^20 values, in one run, logits compared
-(the figures in BENCHMARKS.md, \"Indexer scoring blocks\"):  python scripts/bench_index_budget.py"""
-import torch, time, functools
+(the figures in BENCHMARKS.md, "Indexer scoring blocks"):  python scripts/bench_index_budget.py"""
+import time
+
+import torch
+
 from v4lab.pretrained import load_flash_mini
 from v4lab.generation import prefill
 import v4lab.indexer as ix
