@@ -106,6 +106,9 @@ def test_long_document(splits):
     assert joined.text.startswith(splits["val"][0].text)
     with pytest.raises(ValueError, match="fewer than"):
         long_document(10**9)
+    both = long_document(1_200_000, split="val+test")  # past the validation split's 975K bytes
+    assert both.nbytes >= 1_200_000 and both.text.startswith(splits["val"][0].text)
+    assert splits["test"][0].id in both.id.split("+")
 
 
 # ---------------------------------------------------------------------------------------------

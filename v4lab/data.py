@@ -161,8 +161,9 @@ def long_document(min_bytes: int = 100_000, split: str = "val",
                   source: str | None = None) -> Document:
     """A document of at least ``min_bytes`` bytes from ``split`` (the first one in file order,
     optionally of one ``source``).  When no single document is that long, consecutive documents
-    are joined with a blank line into one ``Document`` whose id lists them."""
-    docs = [d for d in load_documents(split) if source is None or d.source == source]
+    are joined with a blank line into one ``Document`` whose id lists them.  ``split`` may join
+    splits with "+" (e.g. "val+test": both held out from training, for contexts past 975K bytes)."""
+    docs = [d for s in split.split("+") for d in load_documents(s) if source is None or d.source == source]
     for doc in docs:
         if doc.nbytes >= min_bytes:
             return doc
