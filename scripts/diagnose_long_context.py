@@ -34,7 +34,7 @@ def run_variant(model, text, length, trials, depths, seed):
             task = make_needle_task(text, length - 1, rng, depth=d, position_offset=1)
             got, want, recs = answer_task(model, task, chunk=2048, record=True)
             results.append({"depth": d, "correct": got == want, "answer": decode_ids(got).strip(),
-                            "value": task.value, "layers": attention_mass(recs, task, model.config)})
+                            "value": task.value, "layers": attention_mass(recs, task)})
     return results
 
 

@@ -76,7 +76,7 @@ def tiny_answer():
 def test_attention_mass_adds_up_and_the_needle_share_is_its_entries(tiny_answer):
     model, task, recs = tiny_answer
     cfg = model.config
-    rep = v4eval.attention_mass(recs, task, cfg)
+    rep = v4eval.attention_mass(recs, task)
     assert [rep[i]["kind"] for i in sorted(rep)] == cfg.layer_types
     for i, row in rep.items():
         assert abs(row["window"] + row["compressed"] + row["sink"] - 1) < 1e-5
@@ -102,10 +102,10 @@ def test_fact_shares_and_their_figure():
     text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 80
     task = make_mrcr_task(text, 900, random.Random(1), n_facts=4, ask=2, position_offset=1)
     got, want, recs = v4eval.answer_task(model, task, chunk=256, record=True)
-    shares = v4eval.fact_shares(recs, task, cfg)
+    shares = v4eval.fact_shares(recs, task)
     assert len(shares) == len(task.needle_spans) and all(0 <= s <= 1 for s in shares)
     # the asked fact's share is the CSA layers' mean needle share of attention_mass
-    rep = v4eval.attention_mass(recs, task, cfg)
+    rep = v4eval.attention_mass(recs, task)
     csa = [r["needle"] for r in rep.values() if r["kind"] == "csa"]
     assert abs(shares[task.target] - sum(csa) / len(csa)) < 1e-9
     fig = eval_plots.plot_fact_shares(shares, task, answer="12345")
@@ -118,7 +118,7 @@ def test_fact_shares_and_their_figure():
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[task.target].endswith("ASKED") and sum(t.endswith("ASKED") for t in ticks) == 1
     with pytest.raises(ValueError, match="record=True"):
-        v4eval.fact_shares({}, task, cfg)
+        v4eval.fact_shares({}, task)
 
 
 def test_mass_by_distance_figure_draws_every_part_per_kind():

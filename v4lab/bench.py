@@ -167,11 +167,11 @@ def compare_run(impl: str, length: int, decode_tokens: int, chunk: int = 2048, w
 
     torch.manual_seed(0)
     if cfg is None:
+        from .config import V4Config
         from .pretrained import load_flash_mini
 
-        base = load_flash_mini(numerics="hf", verify=False) if weights else None
-        cfg = base.config if base is not None else __import__("v4lab").V4Config.preset("flash-mini")
-        state = base.state_dict() if base is not None else V4Model(cfg, numerics="hf").state_dict()
+        base = load_flash_mini(numerics="hf", verify=False) if weights else V4Model(V4Config.preset("flash-mini"))
+        cfg, state = base.config, base.state_dict()
     cfg = cfg.replace(max_position_embeddings=max(cfg.max_position_embeddings, length + decode_tokens))
     ids = torch.randint(32, 32 + 128, (1, length + decode_tokens), generator=torch.Generator().manual_seed(1))
     outs = []

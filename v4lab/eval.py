@@ -185,7 +185,7 @@ def needle_entries(task, ratio: int) -> set[int]:
     return {p // ratio for p in range(span.value_start + 1, span.value_end + 1)}  # +1: BOS in front
 
 
-def attention_mass(records: dict, task=None, cfg=None) -> dict:
+def attention_mass(records: dict, task=None) -> dict:
     """Where each layer's attention went, from the records of a ``ForwardContext(record=True)``
     pass (e.g. ``answer_task(..., record=True)``): ``{layer: {"kind", "window", "compressed",
     "sink"[, "needle"]}}``, each a softmax share averaged over heads, batch and recorded queries.
@@ -205,7 +205,7 @@ def attention_mass(records: dict, task=None, cfg=None) -> dict:
     return out
 
 
-def fact_shares(records: dict, task, cfg, kind: str = "csa") -> list[float]:
+def fact_shares(records: dict, task, kind: str = "csa") -> list[float]:
     """For each fact of ``task`` (in prompt order), the share of the answer's attention on the
     compressed entries holding that fact's value, averaged over the ``kind`` layers, heads and
     answer steps (records of ``answer_task(..., record=True)``).  With MRCR's facts that all share
@@ -215,7 +215,7 @@ def fact_shares(records: dict, task, cfg, kind: str = "csa") -> list[float]:
     out = []
     for i in range(len(task.needle_spans)):
         t = dataclasses.replace(task, target=i)
-        rows = [r for r in attention_mass(records, t, cfg).values() if r["kind"] == kind and "needle" in r]
+        rows = [r for r in attention_mass(records, t).values() if r["kind"] == kind and "needle" in r]
         if not rows:
             raise ValueError(f"no {kind} layer with per-entry records: answer with record=True")
         out.append(sum(r["needle"] for r in rows) / len(rows))
@@ -224,7 +224,7 @@ def fact_shares(records: dict, task, cfg, kind: str = "csa") -> list[float]:
 
 def mass_by_kind(reports: list[dict]) -> dict:
     """The mean of several ``attention_mass`` reports, per layer kind:
-    ``{kind: {"window", "compressed", "sink"[, "needle"], "layers"}}``."""
+    ``{kind: {"window", "compressed", "sink"[, "needle"]}}``."""
     acc: dict = {}
     for rep in reports:
         for row in rep.values():
@@ -245,7 +245,7 @@ def needle_picks(records: dict, task, cfg) -> dict:
     for layer, rec in records.items():
         if rec["kind"] != "csa" or not rec["sel"]:
             continue
-        m = rec.get("ratio", 4)
+        m = rec.get("ratio", 4)  # CSA records made before layers recorded their rate were all rate 4
         entries = needle_entries(task, m)
         sel = torch.cat(rec["sel"], 1)[0]  # [steps, k]
         steps_pos = torch.cat(rec["pos"])

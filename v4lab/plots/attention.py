@@ -70,7 +70,7 @@ def _selected_tokens(records: dict) -> dict:
             continue
         sel = torch.cat(rec["sel"], 1)[0]  # [steps, k]
         pos = torch.cat(rec["pos"])
-        out[layer] = (pos.numpy(), sel.numpy(), rec.get("ratio", 4))
+        out[layer] = (pos.numpy(), sel.numpy(), rec.get("ratio", 4))  # CSA: 4 where not recorded
     return out
 
 
