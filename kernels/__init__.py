@@ -10,6 +10,8 @@ Two backends with identical signatures (batch-first, fp32 compute):
 ``sparse_attention``       attention over gathered shared-KV rows plus a per-head sink
 ``sparse_attention_decode`` split-K variant for small S and long index lists
 ``hca_attention``          dense window + compressed attention of HCA layers
+``attention``              a layer's attention (window + CSA picks / HCA entries + sink), the
+                           op ``v4lab.attention.Attention`` calls on either backend
 =========================  ===================================================================
 
 Usage::
@@ -40,6 +42,8 @@ __all__ = [
     "sparse_attention",
     "sparse_attention_decode",
     "hca_attention",
+    "attention",
+    "resolve",
     "OPS",
 ]
 
@@ -51,6 +55,7 @@ OPS = (
     "sparse_attention",
     "sparse_attention_decode",
     "hca_attention",
+    "attention",
 )
 
 try:
@@ -75,24 +80,43 @@ else:
     from .compressor import compress_pool, compress_pool_decode
     from .hca_attention import hca_attention
     from .indexer import indexer_scores, indexer_topk
+    from .layer import attention
     from .sparse_attention import sparse_attention, sparse_attention_decode
 
 
-def backend(name: str = "auto"):
-    """The set of ops to call: ``"torch"`` (references), ``"triton"`` or ``"auto"``.
+def resolve(name: str = "auto", device=None) -> str:
+    """The backend a name stands for, ``"torch"`` or ``"triton"``: the one switch, used by
+    :func:`backend` and by ``V4Model(backend=...)``.
 
-    ``"auto"`` picks Triton when :func:`triton_available` says so (a CUDA device, or
-    ``TRITON_INTERPRET=1``), else the references.  ``V4LAB_KERNELS=torch|triton`` overrides
-    ``"auto"``.
+    ``"auto"`` is ``V4LAB_KERNELS`` (``torch`` / ``triton``) when that is set, else Triton for a
+    CUDA ``device`` (or, with ``device=None``, when a CUDA device exists) and torch elsewhere: the
+    CPU interpreter (``TRITON_INTERPRET=1``) is for tests and is only used when asked for by name.
     """
     if name == "auto":
         name = os.environ.get("V4LAB_KERNELS", "auto")
-        if name == "auto":
-            name = "triton" if triton_available() else "torch"
+    if name == "auto":
+        import torch
+
+        cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        name = "triton" if cuda and _TRITON_ERROR is None else "torch"
     if name in ("torch", "reference"):
-        return reference
+        return "torch"
     if name == "triton":
         if _TRITON_ERROR:
             raise RuntimeError(_TRITON_ERROR)
-        return types.SimpleNamespace(**{op: globals()[op] for op in OPS})
+        return "triton"
     raise ValueError(f"unknown kernel backend {name!r}; expected 'auto', 'torch' or 'triton'")
+
+
+_TRITON_OPS = None
+
+
+def backend(name: str = "auto"):
+    """The set of ops to call: ``"torch"`` (the references), ``"triton"`` or ``"auto"`` (see
+    :func:`resolve`)."""
+    global _TRITON_OPS
+    if resolve(name) == "torch":
+        return reference
+    if _TRITON_OPS is None:
+        _TRITON_OPS = types.SimpleNamespace(**{op: globals()[op] for op in OPS})
+    return _TRITON_OPS

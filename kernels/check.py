@@ -100,6 +100,16 @@ def cases(dtype: torch.dtype, device="cpu", seed: int = 0):
     args = (q, kv_win, win_pos, comp, q_pos, ratio, window, sink, D**-0.5)
     out.append(("hca_attention", f"T={T} m={ratio} w={window}", K.hca_attention(*args, num_splits=2),
                 ref.hca_attention(*args), atol, False))
+    # a layer's attention: window band + CSA picks (some -1) / every complete HCA entry / none
+    S, H, D, window, q_start = 7, 4, 64, 16, 57
+    win_start = q_start - (window - 1)
+    q, sink, win_kv = rand(B, S, H, D), rand(H, dt=torch.float32), rand(B, window - 1 + S, D)
+    comp4, comp8 = rand(B, (q_start + S) // 4, D), rand(B, (q_start + S) // 8, D)
+    sel = torch.randint(-1, q_start // 4, (B, S, 6), generator=g).to(device)
+    for note, comp, ratio, picks in (("CSA m=4 top-6", comp4, 4, sel), ("HCA m=8", comp8, 8, None),
+                                     ("window only", None, 0, None)):
+        args = (q, q_start, win_kv, win_start, window, comp, ratio, picks, sink, D**-0.5)
+        out.append(("attention", note, K.attention(*args), ref.attention(*args, query_block=3), atol, False))
     return out
 
 

@@ -137,12 +137,14 @@ def compress_pool(kv, gate, ape, ratio, overlap, prev_kv=None, prev_gate=None):
     """Triton version of :func:`v4lab.kernels.reference.compress_pool` (same contract).
 
     kv, gate [B, T, coff*c] (any float dtype), ape [ratio, coff*c] fp32, prev_kv / prev_gate
-    [B, ratio, c] or None.  Returns [B, T // ratio, c] fp32.
+    [B, ratio, c] or None.  ``ape=None``: already added to ``gate``.  Returns [B, T // ratio, c] fp32.
     """
     C.check_tensor("kv", kv, 3)
     C.check_tensor("gate", gate, 3)
-    C.check_tensor("ape", ape, 2)
     ratio = C.check_positive_int("ratio", ratio)
+    if ape is None:
+        ape = torch.zeros(ratio, kv.shape[-1], dtype=torch.float32, device=kv.device)
+    C.check_tensor("ape", ape, 2)
     overlap = bool(overlap)
     C.check_shape("gate", gate, kv.shape)
     B, T, width = kv.shape

@@ -1,14 +1,17 @@
-"""Plain PyTorch references for the v4lab kernels: these functions *are* the spec.
+"""The PyTorch ops of v4lab: the model's torch path, and the references the Triton kernels match.
 
 Every Triton wrapper in this package has a twin here with the same name and signature, so a
-caller can swap backends with one import (``from v4lab.kernels import reference as ref``).  The
-references compute in fp32 (fp64 inputs stay fp64), run on any device, and process queries in chunks so that their
-memory stays bounded (about ``_BUDGET`` fp32 elements of intermediates) even at long contexts.
+caller swaps backends with one switch (``v4lab.kernels.backend(name)``, which the model's
+``backend=`` goes through too).  The functions compute in fp32 (fp64 inputs stay fp64), run on
+any device, and process queries in chunks so that their memory stays bounded (about ``_BUDGET``
+fp32 elements of intermediates) even at long contexts.
 
-Where the model has the op, the reference *is* the model's code: compressor pooling is
+Each op is defined once.  The attention core is ``attention`` here (the one softmax with the
+sink is ``v4lab.attention.attend``), which ``Attention.forward`` calls; compressor pooling is
 ``v4lab.compressor.pool_blocks``, indexer scoring ``v4lab.indexer.index_scores`` and top-k
-``v4lab.indexer.topk_lowest_index``; the functions here only adapt the kernel signature, so a
-kernel is checked against exactly what the model's torch path computes.
+``v4lab.indexer.select_topk``, and the functions here only adapt the kernel signature, so a
+kernel is checked against exactly what the model computes (``tests/test_one_definition.py``
+counts the calls).
 
 Shapes are batch-first.  Notation follows the architecture note (sections 4.4-4.9):
 ``ratio`` = m (4 for CSA, 128 for HCA), ``c`` = compressed width, ``H`` = heads, ``D`` = head dim.
@@ -25,6 +28,7 @@ __all__ = [
     "sparse_attention",
     "sparse_attention_decode",
     "hca_attention",
+    "attention",
     "topk_keys",
     "topk_from_keys",
     "INVALID_KEY_LIMIT",
@@ -133,35 +137,19 @@ def indexer_topk(q, w, k, q_pos, ratio, topk, chunk_size=None):
     """Top-k valid compressed entries per query.  Returns [B, S, min(topk, N)] int64.
 
     Picks are ordered by score (descending), ties broken by the lowest entry index; slots beyond
-    the number of valid entries hold -1 (the model's ``v4lab.indexer.topk_lowest_index``).
-    Queries are processed ``chunk_size`` at a time (default: as many as fit a fixed budget) so
-    memory stays O(chunk * N).
+    the number of valid entries hold -1.  Queries are processed ``chunk_size`` at a time (default:
+    as many as fit a fixed budget) so memory stays O(chunk * N).  The model's
+    ``v4lab.indexer.select_topk``.
     """
-    from ..indexer import topk_lowest_index
+    from ..indexer import select_topk
 
     B, S = q.shape[:2]
-    N = k.shape[1]
-    out = torch.full((B, S, min(topk, N)), -1, dtype=torch.int64, device=q.device)
-    if N == 0 or S == 0:
-        return out
-    step = chunk_size or _chunk_rows(S, B * N * 4)
-    for s0 in range(0, S, step):
-        s1 = min(S, s0 + step)
-        scores = indexer_scores(q[:, s0:s1], w[:, s0:s1], k, q_pos[s0:s1], ratio)
-        out[:, s0:s1] = topk_lowest_index(scores, topk)
-    return out
+    return select_topk(q, w, k, q_pos.to(q.device), ratio, topk, rows=chunk_size or _chunk_rows(S, B * k.shape[1] * 4))
 
 
 # --------------------------------------------------------------------------------------------
 # 4.8 core attention with a sink, over an index list or a dense (window + compressed) set
 # --------------------------------------------------------------------------------------------
-
-def _softmax_with_sink(logits, sink):
-    """Softmax over the last dim of logits [B, s, H, K] plus a virtual zero-valued sink key."""
-    B, s, H, _ = logits.shape
-    sink_col = sink.float().view(1, 1, H, 1).expand(B, s, H, 1)
-    return torch.softmax(torch.cat([logits, sink_col], dim=-1), dim=-1)[..., :-1]
-
 
 def sparse_attention(q, kv, idx, sink, scale):
     """Attention over gathered rows of a shared key/value table.  Returns [B, S, H, D], q.dtype.
@@ -169,14 +157,18 @@ def sparse_attention(q, kv, idx, sink, scale):
     q [B, S, H, D]; kv [B, N, D] (each row is both key and value, shared by all heads);
     idx [B, S, K] int entry indices (-1 or out of range = skip); sink [H] fp32.
     l_i = scale * q . kv[idx_i];  o = sum_i exp(l_i - M) kv[idx_i] / (sum_i exp(l_i - M) +
-    exp(sink_h - M)).  A query with no valid index gets o = 0.
+    exp(sink_h - M)).  A query with no valid index gets o = 0.  The softmax is the model's
+    ``v4lab.attention.attend``.
     """
+    from ..attention import Keys, attend
+    from ..norm import f32
+
     B, S, H, D = q.shape
     N, K = kv.shape[1], idx.shape[-1]
-    out = torch.zeros(B, S, H, D, dtype=torch.float32, device=q.device)
+    out = torch.zeros(B, S, H, D, dtype=f32(q).dtype, device=q.device)
     if N == 0 or K == 0 or S == 0:
         return out.to(q.dtype)
-    kvf = kv.float()
+    kvf = f32(kv)
     step = _chunk_rows(S, B * K * (D + 2 * H))
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
@@ -184,10 +176,7 @@ def sparse_attention(q, kv, idx, sink, scale):
         valid = (ids >= 0) & (ids < N)
         rows = torch.gather(kvf, 1, ids.clamp(0, N - 1).reshape(B, -1, 1).expand(-1, -1, D))
         rows = rows.view(B, s1 - s0, K, D)                                 # [B, s, K, D]
-        logits = torch.einsum("bshd,bskd->bshk", q[:, s0:s1].float(), rows) * scale
-        logits = logits.masked_fill(~valid[:, :, None, :], float("-inf"))
-        p = _softmax_with_sink(logits, sink)
-        out[:, s0:s1] = torch.einsum("bshk,bskd->bshd", p, rows)
+        out[:, s0:s1] = attend(q[:, s0:s1], [Keys(rows, valid, per_query=True)], sink, scale)[0]
     return out.to(q.dtype)
 
 
@@ -206,17 +195,21 @@ def hca_attention(q, kv_win, win_pos, comp, q_pos, ratio, window, sink, scale, *
     q [B, S, H, D] at absolute positions q_pos [S]; kv_win [B, Nw, D] raw window entries at
     positions win_pos [Nw] (any order, e.g. a ring buffer); comp [B, Nc, D] compressed entries.
     A query at position p sees window entry t iff p - window < t <= p and compressed entry j iff
-    (j+1)*ratio <= p+1; one softmax over both plus the sink.  Returns [B, S, H, D], q.dtype.
-    ``num_splits`` only steers the Triton split-K variant and is ignored here.
+    (j+1)*ratio <= p+1; one softmax over both plus the sink (``v4lab.attention.attend``).
+    Returns [B, S, H, D], q.dtype.  ``num_splits`` only steers the Triton split-K variant and is
+    ignored here.
     """
+    from ..attention import Keys, attend
+    from ..norm import f32
+
     B, S, H, D = q.shape
     Nw, Nc = kv_win.shape[1], comp.shape[1]
     wp = win_pos.to(q.device)
     j = torch.arange(Nc, device=q.device)
-    out = torch.zeros(B, S, H, D, dtype=torch.float32, device=q.device)
+    out = torch.zeros(B, S, H, D, dtype=f32(q).dtype, device=q.device)
     if Nw + Nc == 0 or S == 0:
         return out.to(q.dtype)
-    compf = comp.float()
+    compf = f32(comp)
     step = _chunk_rows(S, B * H * (2 * window + Nc) * 2)
     for s0 in range(0, S, step):
         s1 = min(S, s0 + step)
@@ -224,9 +217,20 @@ def hca_attention(q, kv_win, win_pos, comp, q_pos, ratio, window, sink, scale, *
         vis_w = (wp[None, :] > p - window) & (wp[None, :] <= p)            # [s, Nw]
         # only the window rows some query of the chunk can see (keeps prefill O(S * window))
         rows = vis_w.any(0).nonzero().flatten()
-        keys = torch.cat([kv_win[:, rows].float(), compf], dim=1)         # [B, n_w + Nc, D]
-        vis = torch.cat([vis_w[:, rows], (j[None, :] + 1) * ratio <= p + 1], dim=1)
-        logits = torch.einsum("bshd,bnd->bshn", q[:, s0:s1].float(), keys) * scale
-        logits = logits.masked_fill(~vis[None, :, None, :], float("-inf"))
-        out[:, s0:s1] = torch.einsum("bshn,bnd->bshd", _softmax_with_sink(logits, sink), keys)
+        sets = [Keys(f32(kv_win[:, rows]), vis_w[:, rows][None]), Keys(compf, ((j[None, :] + 1) * ratio <= p + 1)[None])]
+        out[:, s0:s1] = attend(q[:, s0:s1], sets, sink, scale)[0]
     return out.to(q.dtype)
+
+
+def attention(q, q_start, win_kv, win_start, window, comp, ratio, sel, sink, scale, *, query_block=256,
+              observe=None):
+    """A layer's attention (window + compressed entries + sink): the model's own
+    ``v4lab.attention.attention``, which the Triton backend replaces with the same signature.
+
+    q [B, S, H, D] at positions q_start ..; win_kv [B, Nw, D] raw entries from position win_start;
+    comp [B, N, D] (None: window-only); sel [B, S, k] CSA picks (-1 = none) or None (HCA: every
+    complete entry).  Returns [B, S, H, D]."""
+    from ..attention import attention as layer_attention
+
+    return layer_attention(q, q_start, win_kv, win_start, window, comp, ratio, sel, sink, scale,
+                           query_block=query_block, observe=observe)

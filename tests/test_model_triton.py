@@ -42,6 +42,26 @@ def test_triton_backend_needs_a_gpu_or_the_interpreter(monkeypatch):
     assert V4Model(V4Config.preset("tiny")).backend == "torch"  # auto on CPU
 
 
+def test_one_backend_switch_for_the_model_and_the_kernels(monkeypatch):
+    """``V4LAB_KERNELS`` steers ``backend="auto"`` of the model and of ``v4lab.kernels`` alike; the
+    interpreter is never picked by "auto" on CPU, only by name."""
+    from v4lab import kernels
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("V4LAB_KERNELS", raising=False)
+    assert kernels.resolve("auto", "cpu") == "torch" and V4Model(V4Config.preset("tiny")).backend == "torch"
+    monkeypatch.setenv("V4LAB_KERNELS", "triton")
+    model = V4Model(V4Config.preset("tiny"))
+    assert model.backend == "triton" and kernels.backend("auto") is kernels.backend("triton")
+    assert all(a.backend == "triton" for a in model.modules() if type(a).__name__ == "Attention")
+    monkeypatch.setenv("V4LAB_KERNELS", "torch")
+    assert V4Model(V4Config.preset("tiny"), backend="auto").backend == "torch"
+    assert kernels.backend("auto") is kernels.reference
+    monkeypatch.setenv("V4LAB_KERNELS", "gpu")
+    with pytest.raises(ValueError, match="gpu"):
+        V4Model(V4Config.preset("tiny"))
+
+
 @pytest.mark.parametrize("numerics", ["hf", "reference"])
 def test_triton_backend_trains_like_torch(interpret, numerics):
     """The kernels have no backward: with gradients needed the torch path runs, so every
@@ -74,7 +94,7 @@ def test_triton_backend_trains_like_torch(interpret, numerics):
             assert torch.allclose(a[n], b[n], rtol=1e-4, atol=1e-6), n
     # frozen parameters and an input without grad: nothing needs a gradient, the kernels may run
     calls = []
-    import v4lab.kernels as K
+    from v4lab.kernels import layer as K  # the Triton backend's layer attention calls its kernels here
 
     orig = K.sparse_attention
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .norm import RMSNorm, f32
 
@@ -34,8 +35,8 @@ def pool_blocks(kv, z, m: int, overlap: bool, prev_kv=None, prev_z=None):
     nb = T // m
     if nb == 0:
         return kv.new_zeros(B, 0, C // 2 if overlap else C)
-    kv = kv[:, : nb * m].reshape(B, nb, m, C)
-    z = z[:, : nb * m].reshape(B, nb, m, C)
+    kv = rearrange(kv[:, : nb * m], "b (n r) e -> b n r e", r=m)  # block n, row r of the block
+    z = rearrange(z[:, : nb * m], "b (n r) e -> b n r e", r=m)
     if overlap:
         c = C // 2
         if prev_kv is None:
@@ -90,12 +91,10 @@ class Compressor(nn.Module):
         if self.overlap and first > 0:
             c = self.c
             prev_kv, prev_z = state.kv_state[:, :m, :c], state.score_state[:, :m, :c]
-        if self.backend == "triton" and not torch.is_grad_enabled():
-            from . import kernels as K  # the Triton kernel (ape is already in rows_z)
+        from . import kernels  # the layer's backend: the reference is pool_blocks; Triton has no backward
 
-            out = K.compress_pool(rows_kv, rows_z, torch.zeros_like(self.ape), m, self.overlap, prev_kv, prev_z)
-        else:
-            out = pool_blocks(rows_kv, rows_z, m, self.overlap, prev_kv, prev_z)  # [B, nb, c]
+        ops = kernels.backend("torch" if torch.is_grad_enabled() else self.backend)
+        out = ops.compress_pool(rows_kv, rows_z, None, m, self.overlap, prev_kv, prev_z)  # [B, nb, c]; ape is in rows_z
 
         # --- new state: the previous complete block (CSA) and the rows of the new partial block
         rest = rows_kv.shape[1] - nb * m

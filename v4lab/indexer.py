@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .compressor import Compressor
 from .norm import f32
@@ -126,6 +127,29 @@ def index_scores(q, w, keys, positions, ratio: int = 4, budget: int = 1 << 20):
     return out
 
 
+def select_topk(q, w, keys, positions, ratio: int, topk: int, rows: int = 256, ties: str = "lowest"):
+    """The indexer's top-k valid entries per query, [B, S, min(topk, N)] int64, -1 = none: the
+    scores of ``rows`` queries at a time (:func:`index_scores` over the entries they can see),
+    then the top-k in the lowest-index order (:func:`topk_lowest_index`) or, with
+    ``ties="torch"``, as ``torch.topk`` over every entry (:func:`topk_torch_order`).  The one
+    definition: ``Indexer.select`` and ``v4lab.kernels.reference.indexer_topk`` call it."""
+    B, S = q.shape[:2]
+    N = keys.shape[1]
+    out = torch.full((B, S, min(topk, N)), -1, dtype=torch.long, device=q.device)
+    if N == 0 or S == 0 or topk == 0:
+        return out
+    pos = positions.tolist()
+    for s0 in range(0, S, rows):
+        s1 = min(S, s0 + rows)
+        n = min(N, (max(pos[s0:s1]) + 1) // ratio)  # entries any query of the block can see
+        if n == 0:
+            continue
+        scores = index_scores(q[:, s0:s1], w[:, s0:s1], keys[:, :n], positions[s0:s1], ratio)
+        picks = topk_torch_order(scores, topk, N) if ties == "torch" else topk_lowest_index(scores, topk)
+        out[:, s0:s1, : picks.shape[-1]] = picks
+    return out
+
+
 class Indexer(nn.Module):
     """Parameters (checkpoint names): ``wq_b`` [H_I c_I, q_lora], ``weights_proj`` [H_I, d] and its
     own ``compressor`` (c = c_I, ratio 4)."""
@@ -141,12 +165,10 @@ class Indexer(nn.Module):
         self.bf16_scores = False  # deployed numerics: bf16 weights_proj and index scores
         self.ties = "lowest"  # "torch" (numerics="hf"): break exact ties as transformers does
 
-    def pick(self, scores: torch.Tensor, n_all: int) -> torch.Tensor:
-        """The top-k entries of ``scores`` [B, Q, N] (-inf = invalid), -1 where fewer are valid;
-        ``n_all``: entries in the layer so far (only the "torch" order depends on it)."""
-        if self.ties == "torch":
-            return topk_torch_order(scores, self.topk, n_all)
-        return topk_lowest_index(scores, self.topk)
+    def select(self, q, w, keys, positions, rows: int = 256) -> torch.Tensor:
+        """The top-k entries per query [B, S, k] (-1 = none) in this indexer's tie order
+        (:func:`select_topk`)."""
+        return select_topk(q, w, keys, positions, self.ratio, self.topk, rows, self.ties)
 
     def _qat(self, t: torch.Tensor) -> torch.Tensor:
         if not self.qat:
@@ -164,8 +186,7 @@ class Indexer(nn.Module):
 
     def queries(self, x, cq, positions, rope):
         """q [B, S, H_I, c_I] (rotated, QAT) and weights w [B, S, H_I] fp32."""
-        B, S, _ = x.shape
-        q = self.wq_b(cq).view(B, S, self.n_heads, self.head_dim)
+        q = rearrange(self.wq_b(cq), "b s (h c) -> b s h c", h=self.n_heads)
         q = self._qat(rope.rotate(q, positions))
         scale = self.head_dim**-0.5 * self.n_heads**-0.5
         if self.bf16_scores:  # a bf16 w tells scores() to round as the deployed code does

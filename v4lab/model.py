@@ -214,17 +214,17 @@ class V4Model(nn.Module):
                 yield blk.h_proj, "fp8"
 
     def set_backend(self, backend: str) -> "V4Model":
-        """'torch' (readable PyTorch), 'triton' (the kernels of v4lab.kernels), or 'auto':
-        Triton on a CUDA device, PyTorch elsewhere.  Where a gradient is needed the attention
+        """'torch' (readable PyTorch: the references of v4lab.kernels), 'triton' (its kernels), or
+        'auto' (``v4lab.kernels.resolve``: ``V4LAB_KERNELS`` if set, else Triton on a CUDA device,
+        PyTorch elsewhere).  Where a gradient is needed the attention
         uses the torch path (the kernels have no backward)."""
-        if backend == "auto":
-            backend = "triton" if self.device.type == "cuda" else "torch"
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
-        if backend == "triton":
-            from .kernels import triton_available
+        from . import kernels
 
-            if not triton_available():
+        if backend not in (*BACKENDS, "auto"):
+            raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
+        backend = kernels.resolve(backend, self.device)  # the one switch (V4LAB_KERNELS included)
+        if backend == "triton":
+            if not kernels.triton_available():
                 raise RuntimeError("backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 for CPU testing)")
         self.backend = backend
         self._apply_backend()
