@@ -93,6 +93,22 @@ def test_deployed_formats():
     assert costs.deployed_entry_bytes(512, 64) == 584  # 448 + 128 + 7 scales + 1 pad
     assert costs.deployed_indexer_bytes(128, "fp4") == 68
     assert costs.deployed_indexer_bytes(128, "fp8") == 132
+    assert costs.deployed_entry_bytes(100, 8) == 112   # 92 + 16 + 2 scales = 110, padded to 8
+    with pytest.raises(ValueError, match="indexer_storage"):
+        costs.deployed_indexer_bytes(128, "bf16")
+
+
+def test_the_cost_model_counts_the_layout_the_cache_allocates():
+    from v4lab.cache import EntryStore, entry_layout
+
+    layout = entry_layout("deployed", 512, 64)
+    assert {k: w for k, (w, _) in layout.items()} == {"nope": 448, "rope": 64, "scale": 8}
+    for fmt, dim, rope, want in (("deployed", 512, 64, costs.deployed_entry_bytes(512, 64)),
+                                 ("deployed", 100, 8, costs.deployed_entry_bytes(100, 8)),
+                                 ("fp4", 128, 0, costs.deployed_indexer_bytes(128, "fp4")),
+                                 ("fp8", 128, 0, costs.deployed_indexer_bytes(128, "fp8"))):
+        store = EntryStore(2, dim, fmt, torch.float32, "cpu", rope, capacity=3)
+        assert store.entry_bytes() == want and store.allocated_bytes() == 2 * 3 * want
 
 
 def test_v32_and_dense_bytes_by_hand():

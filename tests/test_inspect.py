@@ -1,6 +1,7 @@
 """Header-only checkpoint inspection on synthetic Flash / Pro checkpoints with the real shapes
 (sparse payloads: nothing is written or read but the headers), file-level error reports, the
-safetensors reader/writer and the streamed checkpoint <-> model-tensor conversion."""
+safetensors reading/writing (the library, and what v4lab adds to it) and the streamed
+checkpoint <-> model-tensor conversion."""
 import json
 import os
 
@@ -9,6 +10,7 @@ import torch
 
 from v4lab import checkpoint as ckpt
 from v4lab import safetensors_io as sio
+from v4lab.checkpoint import shards
 from v4lab.checkpoint import (
     expected_tensors,
     inspect_checkpoint,
@@ -20,15 +22,14 @@ from v4lab.checkpoint import (
 )
 from v4lab.config import FP8_QUANTIZATION, V4Config
 from v4lab.quant import dequant_fp4_experts, dequant_fp8_block, quant_fp4, quant_fp8_block
+from v4lab.checkpoint.shards import ShardedCheckpoint, write_sharded_header_only
 from v4lab.safetensors_io import (
     SafetensorsError,
-    ShardedCheckpoint,
     read_header,
     read_tensor,
     write_header_only,
     write_raw_header,
     write_safetensors,
-    write_sharded_header_only,
 )
 
 
@@ -37,16 +38,38 @@ def near(x, target, rel=0.01):
     return abs(x - target) <= rel * target
 
 
+class NoPayloads:
+    """A ``safe_open`` whose files refuse to hand out a tensor."""
+
+    def __init__(self, *a, **k):
+        from safetensors import safe_open
+
+        self._f = safe_open(*a, **k)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+    def __getattr__(self, name):
+        if name in ("get_tensor", "get_tensors"):
+            raise AssertionError("inspection read a payload")
+        return getattr(self._f, name)
+
+    def get_slice(self, name):
+        sl = self._f.get_slice(name)
+        return type("HeaderOnly", (), {"get_dtype": sl.get_dtype, "get_shape": sl.get_shape})()
+
+
 def inspect_without_payloads(folder):
-    """Inspection must never map or read a payload."""
-
-    def boom(*a, **k):
-        raise AssertionError("inspection read a payload")
-
+    """Inspection must never read a payload: every file it opens refuses to."""
+    sio.release_maps()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sio, "_mapped", boom)
-        mp.setattr(sio, "read_tensor", boom)
-        return inspect_checkpoint(folder)
+        mp.setattr(sio, "safe_open", NoPayloads)
+        r = inspect_checkpoint(folder)
+    sio.release_maps()
+    return r
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +186,7 @@ def write_small(folder, tensors, n_shards=3):
     write_sharded_header_only(folder, tensors, n_shards=n_shards)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(small_cfg().to_official(), f)
-    with open(os.path.join(folder, sio.INDEX_NAME)) as f:
+    with open(os.path.join(folder, shards.INDEX_NAME)) as f:
         return json.load(f)["weight_map"]
 
 
@@ -241,7 +264,7 @@ def test_index_pointing_to_the_wrong_file(tmp_path):
     files = sorted(set(wm.values()))
     name = next(n for n, f in wm.items() if f == files[0])
     wm[name] = files[1]
-    sio.write_index(tmp_path, wm, 12345)
+    shards.write_index(tmp_path, wm, 12345)
     r = inspect_checkpoint(tmp_path)
     errs, warns = "\n".join(r.errors), "\n".join(r.warnings)
     assert f"{files[1]}: the index maps tensor {name!r} to this file but its header lacks it" in errs
@@ -306,17 +329,73 @@ def test_write_and_read_every_dtype(tmp_path):
     assert_same(read_tensor(p, "b.f32", use_mmap=False), t["b.f32"])
 
 
-def test_interoperates_with_the_safetensors_library(tmp_path):
+def test_the_v4_dtypes_round_trip_through_the_library(tmp_path):
+    """F8_E4M3 weights, F8_E8M0 scales, packed FP4 as I8 and as F4 (float4_e2m1fn_x2): written by
+    ``safetensors.torch.save_file`` (directly and through write_safetensors), read back by
+    ``safe_open`` / ``load_file`` and by read_header / read_tensor, bit for bit and with the dtype
+    strings of spec 8.2 in the header."""
     st = pytest.importorskip("safetensors.torch")
-    t = sample_tensors()
+    from safetensors import safe_open
+
+    if not hasattr(torch, "float8_e8m0fnu"):
+        pytest.skip("this torch has no float8_e8m0fnu")
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(0, 256, (6, 16), generator=g, dtype=torch.int32).to(torch.uint8)
+    t = {
+        "w.e4m3": (torch.randn(4, 40, generator=g) * 30).to(torch.float8_e4m3fn),
+        "s.e8m0": torch.randint(100, 140, (4, 2), generator=g, dtype=torch.int32).to(torch.uint8).view(torch.float8_e8m0fnu),
+        "x.i8": codes.view(torch.int8),
+    }
+    want = {"w.e4m3": ("F8_E4M3", (4, 40)), "s.e8m0": ("F8_E8M0", (4, 2)), "x.i8": ("I8", (6, 16))}
+    if hasattr(torch, "float4_e2m1fn_x2"):
+        t["x.f4"] = codes.clone().view(torch.float4_e2m1fn_x2)    # the same bytes, two e2m1 codes each
+        want["x.f4"] = ("F4", (6, 32))                              # the header counts FP4 values
     ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
     write_safetensors(ours, t)
-    back = st.load_file(str(ours))
-    for name, x in t.items():
-        assert_same(back[name], x)
     st.save_file(t, str(theirs))
-    for name, x in t.items():
-        assert_same(read_tensor(theirs, name), x)
+    for path in (ours, theirs):
+        h = read_header(path)
+        assert {n: (i.dtype, i.shape) for n, i in h.tensors.items()} == want
+        assert sum(i.nbytes for i in h.tensors.values()) == 4 * 40 + 4 * 2 + 2 * 6 * 16
+        with safe_open(str(path), framework="pt") as f:
+            for name, x in t.items():
+                assert_same(f.get_tensor(name), x)
+        back = st.load_file(str(path))
+        for name, x in t.items():
+            assert_same(back[name], x)
+            assert_same(read_tensor(path, name), x)
+            assert_same(read_tensor(path, name, use_mmap=False), x)
+    # views of one storage are written as separate tensors (the library alone refuses them)
+    views = tmp_path / "views.safetensors"
+    write_safetensors(views, {"x": codes.view(torch.int8), "top": codes[:3]})
+    assert_same(read_tensor(views, "x"), codes.view(torch.int8))
+    assert_same(read_tensor(views, "top"), codes[:3])
+    # the two spellings of a packed FP4 expert decode to the same weight (spec 8.3)
+    if "x.f4" in t:
+        scale = torch.full((6, 1), 127, dtype=torch.uint8)
+        a, b = read_tensor(ours, "x.i8"), read_tensor(ours, "x.f4")
+        assert torch.equal(dequant_fp4_experts(a, scale), dequant_fp4_experts(b, scale))
+
+
+def test_sharded_names_stay_importable_from_safetensors_io():
+    from v4lab.safetensors_io import INDEX_NAME, ShardedCheckpoint as Old, write_index
+
+    assert Old is ShardedCheckpoint and INDEX_NAME == "model.safetensors.index.json"
+    assert write_index is shards.write_index
+
+
+def test_a_file_the_library_refuses_is_named_with_its_tensor(tmp_path):
+    """A gap between tensors and bytes past the last one: readable JSON, refused by the library,
+    reported with the file and the tensor."""
+    p = tmp_path / "gap.safetensors"
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}
+    write_raw_header(p, header, file_size=None)
+    h = read_header(p, validate=False)
+    assert list(h.tensors) == ["a", "b"] and not h.ok
+    assert any("gap.safetensors: 8 payload bytes before tensor 'b'" in e for e in h.errors), h.errors
+    with pytest.raises(SafetensorsError, match="'b'"):
+        read_tensor(p, "a")
 
 
 def test_header_only_file_is_sparse_and_reads_zeros(tmp_path):

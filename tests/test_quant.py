@@ -13,6 +13,8 @@ from v4lab.quant import (
     fp4_pack,
     fp4_roundtrip,
     fp4_unpack,
+    fp8_block_decode,
+    fp8_block_encode,
     fp8_e4m3_decode,
     fp8_e4m3_encode,
     fp8_roundtrip,
@@ -23,6 +25,7 @@ from v4lab.quant import (
     ue8m0_bytes,
     ue8m0_decode,
     ue8m0_encode,
+    ue8m0_exponent,
 )
 
 
@@ -232,6 +235,40 @@ def test_fp8_roundtrip_dtype_bound_and_gradient():
     xg = x.clone().requires_grad_(True)
     fp8_roundtrip(xg).sum().backward()
     assert bool((xg.grad == 1).all())                           # straight-through
+
+
+def test_one_fp8_block_encoder_by_hand():
+    # one block of 4 channels: amax 1000 -> scale 2^ceil(log2(1000/448)) = 4; 1000/4 = 250 rounds
+    # to 256 (e4m3 spacing 16 above 128), 3/4 = 0.75 is exact; the second block (amax 1e-6) is
+    # floored at eps 1e-4: scale 2^ceil(log2(1e-4/448)) = 2^-22, 1e-6 * 2^22 = 4.19 -> 4
+    x = torch.tensor([[1000.0, 3.0, 0.0, -0.0, 1e-6, 0.0]])
+    q, e = fp8_block_encode(x, 4, eps=1e-4)
+    assert e.tolist() == [[2, -22]] and q.dtype == torch.float8_e4m3fn and q.shape == x.shape
+    assert q.float().tolist() == [[256.0, 0.75, 0.0, 0.0, 4.0, 0.0]]
+    assert fp8_block_decode(q, e, 4).tolist() == [[1024.0, 3.0, 0.0, 0.0, 4 * 2.0**-22, 0.0]]
+    # 2-D tiles: one exponent per 2 x 2 tile, partial tiles at the edges
+    w = torch.tensor([[448.0, 1.0, 0.5], [2.0, -896.0, 0.25], [0.0, 0.0, 7.0]])
+    q, e = fp8_block_encode(w, (2, 2))
+    assert e.tolist() == [[1, -9], [0, -6]] and q.is_contiguous()
+    assert q.float().tolist() == [[224.0, 0.5, 256.0], [1.0, -448.0, 128.0], [0.0, 0.0, 448.0]]
+
+
+def test_the_weight_codec_the_round_trip_and_the_cache_share_the_encoder():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(200, 300, generator=g) * 3
+    q, s = quant_fp8_block(w)
+    q2, e = fp8_block_encode(w, (128, 128))
+    assert q.is_contiguous() and s.shape == e.shape == (2, 3)
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(ue8m0_exponent(s), e)
+    x = torch.randn(3, 5, 448, generator=g) * 7
+    q, e = fp8_block_encode(x, 64, eps=1e-4)
+    assert torch.equal(fp8_block_decode(q, e, 64), fp8_roundtrip(x))
+    from v4lab.cache import EntryStore
+
+    store = EntryStore(3, 512, "deployed", torch.float32, "cpu", rope_dim=64)
+    kv = torch.cat([x[:, :1], torch.randn(3, 1, 64, generator=g)], -1)
+    store.append(kv)
+    assert torch.equal(store.get()[..., :448], fp8_roundtrip(kv[..., :448]))
 
 
 def test_fp4_roundtrip_real_grid():

@@ -22,29 +22,62 @@ from dataclasses import dataclass
 import torch
 
 from .config import V4Config
-from .costs import deployed_entry_bytes
-from .costs import deployed_indexer_bytes as indexer_key_bytes
 from .norm import f32
-from .quant import (E4M3_MAX, fp8_e4m3_encode, pow2_scale_exponent, ue8m0_bytes, ue8m0_decode,
+from .quant import (fp8_block_decode, fp8_block_encode, fp8_e4m3_encode, ue8m0_bytes, ue8m0_exponent,
                     ue8m0_from_exponent)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
+DEPLOYED_SCALE_BLOCK = 64
+"""Nope channels per ue8m0 scale byte of a deployed KV entry (the QAT round trip's block)."""
 
 
-def _fp8_encode(x: torch.Tensor, block: int):
-    """x [..., n] -> (fp8 [..., n], ue8m0 scale bytes uint8 [..., ceil(n/block)]); the same scale
-    rule as the QAT round trip ``quant.fp8_roundtrip`` (2^ceil(log2(max(amax, 1e-4) / 448)))."""
-    n = x.shape[-1]
-    nb = math.ceil(n / block)
-    xf = torch.nn.functional.pad(f32(x), (0, nb * block - n)).unflatten(-1, (nb, block))
-    e = pow2_scale_exponent(xf.abs().amax(-1), E4M3_MAX, eps=1e-4)  # [..., nb]
-    q = fp8_e4m3_encode(torch.ldexp(xf, -e[..., None])).flatten(-2)[..., :n]
-    return q, ue8m0_bytes(ue8m0_from_exponent(e))
+# ------------------------------------------------------------------------------------------------
+# the byte layout of one stored entry (v4lab.costs counts the same layout)
+# ------------------------------------------------------------------------------------------------
+INDEXER_STORAGE = ("fp4", "fp8")
+"""Storage formats of deployed indexer keys."""
 
 
-def _fp8_decode(q: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
-    n = q.shape[-1]
-    return q.float() * ue8m0_decode(scale).repeat_interleave(block, dim=-1)[..., :n]
+def entry_layout(fmt: str, dim: int, rope_dim: int = 0,
+                 dtype: torch.dtype = torch.float32) -> dict[str, tuple[int, torch.dtype]]:
+    """The components of one stored entry of ``dim`` values, name -> (width, dtype):
+
+    * ``"native"``: the ``dim`` values in ``dtype``;
+    * ``"deployed"`` (a KV entry, spec 7.2): the ``dim - rope_dim`` nope dims in FP8 e4m3, the
+      rope dims in BF16 and one ue8m0 scale byte per 64 nope channels, padded to a multiple of
+      8 bytes (the padding is counted with the scale bytes): 448 + 128 + 7 + 1 = 584 B at 512 / 64;
+    * ``"fp8"`` (an indexer key): ``dim`` e4m3 values and one fp32 scale: 132 B at 128;
+    * ``"fp4"`` (an indexer key): packed e2m1, two per byte, and one ue8m0 byte per 32: 68 B at 128."""
+    if fmt == "native":
+        return {"x": (dim, dtype)}
+    if fmt == "deployed":
+        nope = dim - rope_dim
+        raw = nope + 2 * rope_dim + math.ceil(nope / DEPLOYED_SCALE_BLOCK)
+        total = -(-raw // 8) * 8
+        return {"nope": (nope, torch.float8_e4m3fn), "rope": (rope_dim, torch.bfloat16),
+                "scale": (total - nope - 2 * rope_dim, torch.uint8)}
+    if fmt == "fp8":
+        return {"q": (dim, torch.float8_e4m3fn), "scale": (1, torch.float32)}
+    if fmt == "fp4":
+        return {"q": (math.ceil(dim / 2), torch.uint8), "scale": (math.ceil(dim / 32), torch.uint8)}
+    raise ValueError(f"unknown entry storage format {fmt!r}")
+
+
+def entry_bytes(fmt: str, dim: int, rope_dim: int = 0, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of one stored entry (:func:`entry_layout`)."""
+    return sum(w * dt.itemsize for w, dt in entry_layout(fmt, dim, rope_dim, dtype).values())
+
+
+def deployed_entry_bytes(head_dim: int, rope_dim: int) -> int:
+    """FP8 nope dims + BF16 rope dims + one ue8m0 byte per 64 nope channels, padded to 8 bytes."""
+    return entry_bytes("deployed", head_dim, rope_dim)
+
+
+def deployed_indexer_bytes(index_head_dim: int, indexer_storage: str) -> int:
+    """MXFP4 key: c_I/2 bytes + one ue8m0 byte per 32 channels; FP8 key: c_I bytes + fp32 scale."""
+    if indexer_storage not in INDEXER_STORAGE:
+        raise ValueError(f"unknown indexer_storage {indexer_storage!r}; choose one of {list(INDEXER_STORAGE)}")
+    return entry_bytes(indexer_storage, index_head_dim)
 
 
 class EntryStore:
@@ -59,18 +92,7 @@ class EntryStore:
 
     # per-format component layout: name -> (width, dtype)
     def _layout(self):
-        d, r = self.dim, self.rope_dim
-        if self.fmt == "native":
-            return {"x": (d, self.dtype)}
-        if self.fmt == "deployed":
-            nope = d - r
-            total = deployed_entry_bytes(d, r)
-            return {"nope": (nope, torch.float8_e4m3fn), "rope": (r, torch.bfloat16), "scale": (total - nope - 2 * r, torch.uint8)}
-        if self.fmt == "fp8":  # indexer keys: fp8 + one fp32 scale (as 4 bytes)
-            return {"q": (d, torch.float8_e4m3fn), "scale": (1, torch.float32)}
-        if self.fmt == "fp4":  # indexer keys: packed e2m1 + one ue8m0 byte per 32
-            return {"q": (d // 2, torch.uint8), "scale": (math.ceil(d / 32), torch.uint8)}
-        raise ValueError(f"unknown entry storage format {self.fmt!r}")
+        return entry_layout(self.fmt, self.dim, self.rope_dim, self.dtype)
 
     def _alloc(self, cap: int):
         new = {}
@@ -89,14 +111,14 @@ class EntryStore:
             return {"x": x.to(self.dtype)}
         if self.fmt == "deployed":
             r = self.rope_dim
-            q, exp = _fp8_encode(x[..., : self.dim - r], 64)
+            q, e = fp8_block_encode(f32(x[..., : self.dim - r]), DEPLOYED_SCALE_BLOCK, eps=1e-4)
             scale = torch.zeros(*x.shape[:-1], self._layout()["scale"][0], dtype=torch.uint8, device=x.device)
-            scale[..., : exp.shape[-1]] = exp
+            scale[..., : e.shape[-1]] = ue8m0_bytes(ue8m0_from_exponent(e))
             return {"nope": q, "rope": x[..., self.dim - r :].to(torch.bfloat16), "scale": scale}
         if self.fmt == "fp8":
             amax = x.float().abs().amax(-1, keepdim=True).clamp(min=1e-4)
             scale = amax / 448.0
-            return {"q": (x.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn), "scale": scale}
+            return {"q": fp8_e4m3_encode(x.float() / scale), "scale": scale}
         if self.fmt == "fp4":
             from .quant import quant_fp4
 
@@ -109,7 +131,8 @@ class EntryStore:
         if self.fmt == "native":
             return parts["x"]
         if self.fmt == "deployed":
-            nope = _fp8_decode(parts["nope"], parts["scale"][..., : math.ceil((self.dim - self.rope_dim) / 64)], 64)
+            nb = math.ceil((self.dim - self.rope_dim) / DEPLOYED_SCALE_BLOCK)
+            nope = fp8_block_decode(parts["nope"], ue8m0_exponent(parts["scale"][..., :nb]), DEPLOYED_SCALE_BLOCK)
             return torch.cat([nope, parts["rope"].float()], dim=-1).to(self.dtype)
         if self.fmt == "fp8":
             return (parts["q"].float() * parts["scale"]).to(self.dtype)
@@ -149,7 +172,7 @@ class EntryStore:
         self.n = min(self.n, n)
 
     def entry_bytes(self) -> int:
-        return sum(w * torch.empty(0, dtype=dt).element_size() for w, dt in self._layout().values())
+        return entry_bytes(self.fmt, self.dim, self.rope_dim, self.dtype)
 
     def nbytes(self) -> int:
         return self.B * self.n * self.entry_bytes()
@@ -225,7 +248,7 @@ class V4Cache:
     def __init__(self, cfg: V4Config, batch_size: int, dtype, device, storage=None, indexer_storage="fp4", owner=None):
         if storage not in (None, "deployed", *_DTYPES):
             raise ValueError(f"storage must be None (model dtype), 'deployed' or one of {sorted(_DTYPES)}; got {storage!r}")
-        indexer_key_bytes(cfg.index_head_dim, indexer_storage)  # validates the name
+        deployed_indexer_bytes(cfg.index_head_dim, indexer_storage)  # validates the name
         self.cfg, self.batch_size, self.storage, self.indexer_storage = cfg, batch_size, storage, indexer_storage
         self.dtype = _DTYPES.get(storage, dtype) if storage != "deployed" else dtype
         self.device = torch.device(device)

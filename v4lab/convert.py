@@ -11,8 +11,13 @@ import torch
 
 from .config import V4Config
 
+__all__ = [
+    "LAYER_RENAMES", "GLOBAL_RENAMES", "OFF_TO_HF_LAYER", "HF_TO_OFF_LAYER", "OFF_TO_HF_GLOBAL", "HF_TO_OFF_GLOBAL",
+    "hf_to_official", "official_to_hf", "from_transformers", "load_official_state",
+]
+
 # official suffix (after "layers.N.") <- transformers suffix (after "model.layers.N.")
-_LAYER_RENAMES = [
+LAYER_RENAMES = [
     ("attn_norm.weight", "input_layernorm.weight"),
     ("ffn_norm.weight", "post_attention_layernorm.weight"),
     ("hc_attn_fn", "attn_hc.fn"),
@@ -49,7 +54,7 @@ _LAYER_RENAMES = [
     ("ffn.shared_experts.w3.bias", "mlp.shared_experts.up_proj.bias"),
     ("ffn.shared_experts.w2.bias", "mlp.shared_experts.down_proj.bias"),
 ]
-_GLOBAL_RENAMES = [
+GLOBAL_RENAMES = [
     ("embed.weight", "model.embed_tokens.weight"),
     ("head.weight", "lm_head.weight"),
     ("norm.weight", "model.norm.weight"),
@@ -57,10 +62,11 @@ _GLOBAL_RENAMES = [
     ("hc_head_base", "model.hc_head.hc_base"),
     ("hc_head_scale", "model.hc_head.hc_scale"),
 ]
-_HF_TO_OFF_LAYER = {hf: off for off, hf in _LAYER_RENAMES}
-_OFF_TO_HF_LAYER = {off: hf for off, hf in _LAYER_RENAMES}
-_HF_TO_OFF_GLOBAL = {hf: off for off, hf in _GLOBAL_RENAMES}
-_OFF_TO_HF_GLOBAL = {off: hf for off, hf in _GLOBAL_RENAMES}
+# the one name mapping (spec 8.4), used by the checkpoint loader too
+HF_TO_OFF_LAYER = {hf: off for off, hf in LAYER_RENAMES}
+OFF_TO_HF_LAYER = {off: hf for off, hf in LAYER_RENAMES}
+HF_TO_OFF_GLOBAL = {hf: off for off, hf in GLOBAL_RENAMES}
+OFF_TO_HF_GLOBAL = {off: hf for off, hf in GLOBAL_RENAMES}
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _OFF_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _OFF_EXPERT = re.compile(r"^ffn\.experts\.(\d+)\.(w[123])\.weight$")
@@ -70,8 +76,8 @@ def hf_to_official(sd: dict, cfg: V4Config | None = None) -> dict:
     """``transformers`` state dict -> official names (fused experts split into w1/w3/w2)."""
     out = {}
     for name, t in sd.items():
-        if name in _HF_TO_OFF_GLOBAL:
-            out[_HF_TO_OFF_GLOBAL[name]] = t
+        if name in HF_TO_OFF_GLOBAL:
+            out[HF_TO_OFF_GLOBAL[name]] = t
             continue
         m = _HF_LAYER.match(name)
         if not m:
@@ -85,8 +91,8 @@ def hf_to_official(sd: dict, cfg: V4Config | None = None) -> dict:
         elif rest == "mlp.experts.down_proj":  # [E, d, I]
             for e in range(t.shape[0]):
                 out[f"layers.{i}.ffn.experts.{e}.w2.weight"] = t[e]
-        elif rest in _HF_TO_OFF_LAYER:
-            out[f"layers.{i}.{_HF_TO_OFF_LAYER[rest]}"] = t
+        elif rest in HF_TO_OFF_LAYER:
+            out[f"layers.{i}.{HF_TO_OFF_LAYER[rest]}"] = t
         else:
             raise KeyError(f"unexpected tensor in a transformers DeepseekV4 state dict: {name!r}")
     return out
@@ -98,8 +104,8 @@ def official_to_hf(sd: dict, cfg: V4Config) -> dict:
     for name, t in sd.items():
         if name.startswith("mtp."):
             continue
-        if name in _OFF_TO_HF_GLOBAL:
-            out[_OFF_TO_HF_GLOBAL[name]] = t
+        if name in OFF_TO_HF_GLOBAL:
+            out[OFF_TO_HF_GLOBAL[name]] = t
             continue
         m = _OFF_LAYER.match(name)
         if not m:
@@ -108,8 +114,8 @@ def official_to_hf(sd: dict, cfg: V4Config) -> dict:
         e = _OFF_EXPERT.match(rest)
         if e:
             experts.setdefault(int(i), {})[(int(e.group(1)), e.group(2))] = t
-        elif rest in _OFF_TO_HF_LAYER:
-            out[f"model.layers.{i}.{_OFF_TO_HF_LAYER[rest]}"] = t
+        elif rest in OFF_TO_HF_LAYER:
+            out[f"model.layers.{i}.{OFF_TO_HF_LAYER[rest]}"] = t
         else:
             raise KeyError(f"unexpected tensor name {name!r}")
     for i, ex in experts.items():

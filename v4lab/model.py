@@ -78,6 +78,34 @@ class MTPBlock(Block):
         hc_params(self, "hc_head", cfg, n)
 
 
+class WeightHook:
+    """Hook points of :class:`V4Model`'s own forward, for weights that are not resident.
+
+    Set ``model.weight_hook`` to one (``None``, the default, costs one attribute check per
+    forward pass).  :class:`v4lab.streaming.StreamedModel` is one: it runs the model's forward on
+    a meta-device skeleton and materialises each part's weights just before that part runs.
+
+    * ``device``: where the forward runs (``model.device`` reports it; the skeleton is on meta);
+    * ``embed(model, ids)``: the embedding rows of ``ids`` [B, S] -> [B, S, d];
+    * ``block(model, i, block)``: a context manager around the forward of main block ``i``;
+    * ``head(model)``: a context manager around the final norm, mHC head and output head; it
+      yields ``None`` when ``model.head.weight`` is resident, else an iterable of
+      ``(r0, r1, rows)``: the head's vocabulary rows ``r0:r1``, each needed only while used.
+
+    The defaults here do nothing beyond what the model does without a hook."""
+
+    device: torch.device
+
+    def embed(self, model: "V4Model", ids: torch.Tensor) -> torch.Tensor:
+        return model.embed(ids)
+
+    def block(self, model: "V4Model", index: int, block: Block):
+        return contextlib.nullcontext()
+
+    def head(self, model: "V4Model"):
+        return contextlib.nullcontext()
+
+
 class V4Model(nn.Module):
     """DeepSeek-V4 (any preset or config), with three arithmetic modes, ``numerics``:
 
@@ -119,7 +147,12 @@ class V4Model(nn.Module):
     attention kernels have no backward, so whenever a gradient is needed (grad mode on and an input
     or a parameter of the layer requires grad) the attention runs on the torch path, with the same
     result; the kernels run under ``torch.no_grad()`` / ``inference_mode()`` or with frozen weights.
+
+    ``weight_hook``: None, or a :class:`WeightHook` that supplies weights which are not resident
+    (layer-by-layer streaming); the forward, its input checks and its head are the same either way.
     """
+
+    weight_hook: WeightHook | None = None
 
     def __init__(self, config: V4Config, backend: str = "auto", numerics: str = "reference",
                  dtype: torch.dtype | str | None = torch.float32, device=None, init: bool = True, seed: int = 0):
@@ -244,7 +277,8 @@ class V4Model(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        hook = self.weight_hook
+        return self.embed.weight.device if hook is None else hook.device
 
     def fingerprint(self):
         return (id(self), self.config.schedule_string(), self.config.hidden_size)
@@ -328,11 +362,16 @@ class V4Model(nn.Module):
             cache = self.new_cache(B)
         else:
             cache.check(self, B, S)
+        hook = self.weight_hook
         try:
-            h = self.embed(ids)  # [B, S, d]
+            h = self.embed(ids) if hook is None else hook.embed(self, ids)  # [B, S, d]
             H = h[:, :, None, :].expand(B, S, self.config.hc_mult, h.shape[-1]).contiguous()  # [B, S, n, d]
-            for layer, lc in zip(self.layers, cache.layers):
-                H = layer(H, ids, start, lc, ctx)
+            for i, (layer, lc) in enumerate(zip(self.layers, cache.layers)):
+                if hook is None:
+                    H = layer(H, ids, start, lc, ctx)
+                else:
+                    with hook.block(self, i, layer):
+                        H = layer(H, ids, start, lc, ctx)
         except BaseException as e:  # a half-updated cache must not be reused silently
             cache.broken = f"a forward pass failed mid-chunk ({type(e).__name__}: {e})"
             raise
@@ -340,10 +379,31 @@ class V4Model(nn.Module):
         return H
 
     def logits_from_hidden(self, H: torch.Tensor) -> torch.Tensor:
+        """fp32 logits [..., vocab] of final streams H [..., n, d] (fp64 in a float64 model)."""
+        hook = self.weight_hook
+        if hook is None:
+            return self._logits(H, None)
+        with hook.head(self) as rows:
+            return self._logits(H, rows)
+
+    def _logits(self, H: torch.Tensor, rows) -> torch.Tensor:
+        """The head; ``rows``: None (the resident ``head.weight``) or ``(r0, r1, weight rows)`` chunks."""
         y = self.norm(hc_head(H, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config))
+        if rows is None:
+            return self._head_logits(y, self.head.weight)
+        out = None
+        for r0, r1, w in rows:
+            part = self._head_logits(y, w)
+            del w  # free these rows before the next ones are read
+            if out is None:
+                out = part.new_empty(*part.shape[:-1], self.config.vocab_size)
+            out[..., r0:r1] = part
+        return out
+
+    def _head_logits(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.numerics != "hf":
-            return F.linear(f32(y), f32(self.head.weight))  # fp32 head
-        return f32(self.head(y))
+            return F.linear(f32(y), f32(weight))  # fp32 head
+        return f32(F.linear(y, weight))
 
     def forward(self, input_ids, cache: V4Cache | None = None, attention_mask=None,
                 ctx: ForwardContext | None = None, return_hidden: bool = False):
@@ -375,4 +435,4 @@ class V4Model(nn.Module):
         return F.linear(f32(y), f32(self.head.weight))
 
 
-__all__ = ["V4Model", "ForwardContext", "CacheError"]
+__all__ = ["V4Model", "WeightHook", "ForwardContext", "CacheError"]

@@ -35,6 +35,7 @@ __all__ = [
     "E4M3_MAX",
     "E2M1_MAX",
     "E2M1_VALUES",
+    "FP4_BLOCK",
     "FP8_DTYPE",
     "E8M0_DTYPE",
     "HAS_E8M0",
@@ -43,11 +44,14 @@ __all__ = [
     "fp8_e4m3_encode",
     "fp8_e4m3_decode",
     "ue8m0_decode",
+    "ue8m0_exponent",
     "ue8m0_encode",
     "ue8m0_from_exponent",
     "ue8m0_bytes",
     "dequant_fp8_block",
     "quant_fp8_block",
+    "fp8_block_encode",
+    "fp8_block_decode",
     "fp4_e2m1_decode",
     "fp4_e2m1_encode",
     "fp4_pack",
@@ -73,6 +77,8 @@ E2M1_MAX = 6.0
 """Largest FP4 e2m1 value."""
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 """e2m1 magnitudes of codes 0..7; codes 8..15 are the same magnitudes with the sign bit set."""
+FP4_BLOCK = 32
+"""Consecutive K values per ue8m0 scale of the packed FP4 routed experts."""
 
 FP8_DTYPE = torch.float8_e4m3fn
 HAS_E8M0 = hasattr(torch, "float8_e8m0fnu")
@@ -149,14 +155,21 @@ def ue8m0_bytes(scale: torch.Tensor) -> torch.Tensor:
     return _bytes_view(scale, "ue8m0 scale")
 
 
-def ue8m0_decode(scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``2 ** (byte - 127)`` for every ue8m0 byte; raises ``ValueError`` on the NaN byte 0xFF."""
+def ue8m0_exponent(scale: torch.Tensor) -> torch.Tensor:
+    """The exponents ``byte - 127`` (int32) of a ue8m0 scale tensor; raises ``ValueError`` on the
+    NaN byte 0xFF."""
     b = ue8m0_bytes(scale)
     if bool((b == _E8M0_NAN).any()):
         n = int((b == _E8M0_NAN).sum())
         raise ValueError(f"ue8m0 scale holds {n} NaN byte(s) (0xFF): corrupt or uninitialised scales")
-    one = torch.ones(b.shape, dtype=torch.float32, device=b.device)
-    return torch.ldexp(one, b.to(torch.int32) - _E8M0_BIAS).to(dtype)
+    return b.to(torch.int32) - _E8M0_BIAS
+
+
+def ue8m0_decode(scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``2 ** (byte - 127)`` for every ue8m0 byte; raises ``ValueError`` on the NaN byte 0xFF."""
+    e = ue8m0_exponent(scale)
+    one = torch.ones(e.shape, dtype=torch.float32, device=e.device)
+    return torch.ldexp(one, e).to(dtype)
 
 
 def ue8m0_from_exponent(exponent: torch.Tensor) -> torch.Tensor:
@@ -216,23 +229,57 @@ def quant_fp8_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tup
     """Quantise a 2-D weight to (e4m3 weight [N, K], ue8m0 scale [ceil(N/bn), ceil(K/bk)]).
 
     Each block's scale is ``2 ** ceil(log2(amax / 448))`` (1 for an all-zero block); the block is
-    divided by it (exactly: a power of two) and rounded to nearest-even e4m3.
+    divided by it (exactly: a power of two) and rounded to nearest-even e4m3
+    (:func:`fp8_block_encode` with 2-D blocks).
     """
     if w.dim() != 2:
         raise ValueError(f"quant_fp8_block: weight must be 2-D [N, K], got shape {tuple(w.shape)}")
     wf = w.float()
     if not bool(torch.isfinite(wf).all()):
         raise ValueError("quant_fp8_block: weight holds NaN or infinite values")
-    bn, bk = block
-    n, k = wf.shape
-    nb, kb = _blocks(n, bn), _blocks(k, bk)
-    padded = torch.zeros(nb * bn, kb * bk, dtype=torch.float32, device=wf.device)
-    padded[:n, :k] = wf
-    amax = padded.view(nb, bn, kb, bk).abs().amax(dim=(1, 3))              # [nb, kb]
-    e = pow2_scale_exponent(amax, E4M3_MAX)                                 # [nb, kb]
-    e_full = e.repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
-    q = fp8_e4m3_encode(torch.ldexp(wf, -e_full))
+    q, e = fp8_block_encode(wf, tuple(block))
     return q, ue8m0_from_exponent(e)
+
+
+def fp8_block_encode(x: torch.Tensor, block, eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one FP8 block encoder: ``x`` cut into blocks, one power-of-two scale ``2 ** e`` per
+    block with ``e = ceil(log2(max(amax, eps) / 448))`` (:func:`pow2_scale_exponent`), each
+    block divided by its scale (exact) and rounded to e4m3 (nearest even, saturating).
+
+    ``block``: an int (blocks of that many channels along the last dim: KV entries,
+    activations) or a pair ``(bn, bk)`` (bn x bk tiles of the last two dims: the checkpoints'
+    weights).  Edges are zero-padded, so the last block may be shorter.  Computes in float32
+    (float64 for float64 input).  Returns (e4m3 codes shaped like ``x``, int32 exponents
+    [..., ceil(K/bk)] or [..., ceil(N/bn), ceil(K/bk)])."""
+    sizes = (block,) if isinstance(block, int) else tuple(block)
+    nd = len(sizes)
+    xf = x if x.dtype == torch.float64 else x.float()
+    dims = xf.shape[-nd:]
+    counts = [_blocks(n, b) for n, b in zip(dims, sizes)]
+    pad = [p for n, c, b in reversed(list(zip(dims, counts, sizes))) for p in (0, c * b - n)]
+    if any(pad):
+        xf = torch.nn.functional.pad(xf, pad)
+    tiles = xf.reshape(*xf.shape[:-nd], *[v for c, b in zip(counts, sizes) for v in (c, b)])
+    within = tuple(range(-1, -2 * nd, -2))                     # the dims inside a block
+    e = pow2_scale_exponent(tiles.abs().amax(dim=within, keepdim=True), E4M3_MAX, eps=eps)
+    q = fp8_e4m3_encode(torch.ldexp(tiles, -e)).reshape(xf.shape)
+    for i, n in enumerate(dims):
+        q = q.narrow(q.dim() - nd + i, 0, n)
+    for d in reversed(within):                 # the outer block dim first: the other index stays valid
+        e = e.squeeze(d)
+    return q.contiguous(), e
+
+
+def fp8_block_decode(q: torch.Tensor, exponent: torch.Tensor, block: int,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Values ``e4m3(q) * 2 ** exponent`` of :func:`fp8_block_encode` output with blocks of
+    ``block`` channels along the last dim (exact in float32)."""
+    n, nb = q.shape[-1], exponent.shape[-1]
+    v = fp8_e4m3_decode(q, dtype)
+    if nb * block != n:
+        v = torch.nn.functional.pad(v, (0, nb * block - n))
+    v = torch.ldexp(v.unflatten(-1, (nb, block)), exponent.unsqueeze(-1))
+    return v.flatten(-2)[..., :n]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,7 +334,7 @@ def fp4_unpack(packed: torch.Tensor) -> torch.Tensor:
 def dequant_fp4_experts(
     packed_int8: torch.Tensor,
     scale: torch.Tensor,
-    block: int = 32,
+    block: int = FP4_BLOCK,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Dequantise packed FP4 expert weights [..., N, K/2] with ue8m0 scales [..., N, K/32] to
@@ -304,7 +351,7 @@ def dequant_fp4_experts(
     return (vals * s).to(dtype)
 
 
-def quant_fp4(w: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_fp4(w: torch.Tensor, block: int = FP4_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise weights [..., N, K] (K a multiple of ``block``) to packed FP4
     (int8 [..., N, K/2], ue8m0 scale [..., N, K/block]).
 
@@ -350,10 +397,8 @@ def fp8_roundtrip(x: torch.Tensor, block: int = 64, eps: float = 1e-4) -> torch.
     dim: ``scale = 2 ** ceil(log2(max(amax, eps) / 448))``.  Returns ``x.dtype``; the gradient is
     passed straight through.  (A last dim that is not a multiple of ``block`` gets a shorter last
     block.)"""
-    g, c = _blockwise(x, block)
-    e = pow2_scale_exponent(g.abs().amax(dim=-1, keepdim=True), E4M3_MAX, eps=eps)
-    q = fp8_e4m3_encode(torch.ldexp(g, -e)).to(g.dtype)
-    q = torch.ldexp(q, e).reshape(*x.shape[:-1], -1)[..., :c]
+    q, e = fp8_block_encode(x, block, eps=eps)
+    q = fp8_block_decode(q, e, block, torch.float64 if x.dtype == torch.float64 else torch.float32)
     q = torch.where(torch.isnan(x), x.to(q.dtype), q).to(x.dtype)
     return _straight_through(x, q)
 

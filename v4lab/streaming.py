@@ -20,6 +20,7 @@ Two ways:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -27,7 +28,6 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .attention import ForwardContext
 from .cache import V4Cache
@@ -35,13 +35,12 @@ from .checkpoint import (
     EXPERT_MODES,
     CheckpointReader,
     PackedFP4Linear,
-    _check_packable,
-    _layer_logical,
+    check_packable as _check_packable,
+    layer_schema,
     model_skeleton,
 )
 from .config import V4Config
-from .mhc import hc_head
-from .norm import f32
+from .model import WeightHook
 
 __all__ = ["StreamedModel", "dispatch", "layer_nbytes", "BLOCK_CLASSES"]
 
@@ -66,7 +65,7 @@ def layer_nbytes(cfg: V4Config, layer: int, experts: str = "dequantize",
     el = torch.empty((), dtype=dtype).element_size()
     f32_el = 8 if dtype == torch.float64 else 4
     routed = other = one = 0
-    for name, storage, shape in _layer_logical(cfg, layer, cfg.is_hash_layer(layer)):
+    for name, storage, shape in layer_schema(cfg, layer):
         n = 1
         for s in shape:
             n *= s
@@ -122,7 +121,7 @@ def _nbytes(t: torch.Tensor) -> int:
 # ------------------------------------------------------------------------------------------------
 # layer-by-layer execution
 # ------------------------------------------------------------------------------------------------
-class StreamedModel:
+class StreamedModel(WeightHook):
     """Run a checkpoint one layer at a time, for models larger than memory.
 
     ``path``: a checkpoint folder (either layout; checked from its headers first, see
@@ -134,7 +133,12 @@ class StreamedModel:
 
     ``model(input_ids, cache=None)`` returns fp32 logits [B, S, vocab] equal to
     ``load_checkpoint(path, ...)(input_ids)``; a cache from :meth:`new_cache` continues a
-    sequence (each call streams the whole model once).  The MTP block is not run.
+    sequence (each call streams the whole model once).  The MTP block is not run.  What runs is
+    ``V4Model``'s own forward on the skeleton ``model.model`` (same input checks, errors and
+    head), with this object as its :class:`~v4lab.model.WeightHook`: each block's tensors are
+    materialised before it runs and freed after it, the embedding rows of the input are read
+    from the memory map, and the output head comes in row chunks when it does not fit.
+    ``generate`` and ``v4lab.eval.answer`` take it like a ``V4Model``.
 
     ``peak_bytes`` / ``current_bytes``: materialised parameter bytes (peak since the last
     :meth:`reset_peak`); ``bytes_read`` counts the materialised bytes over all calls."""
@@ -147,7 +151,8 @@ class StreamedModel:
         if experts == "packed":
             _check_packable(self.reader.report, self.cfg, self.reader.path)
         self.model = model_skeleton(self.cfg, dtype, numerics, experts=experts)
-        self.dtype, self.device = dtype, torch.device(device)
+        self.dtype = dtype
+        self.device = torch.empty(0, device=device).device      # with its index (cuda:0), as tensors report it
         self.numerics, self.experts = numerics, experts
         self.max_memory_bytes = max_memory_bytes
         self.current_bytes = self.peak_bytes = self.bytes_read = 0
@@ -156,7 +161,10 @@ class StreamedModel:
             for e, expert in enumerate(layer.ffn.experts):
                 expert.register_forward_pre_hook(partial(self._expert_in, f"layers.{i}.ffn.experts.{e}."))
                 expert.register_forward_hook(self._expert_out)
+        skip = ("layers.", "mtp.", "embed.", "head.")
+        self._top_names = [n for n in _tensor_names(self.model) if not n.startswith(skip)]  # final norm, mHC head
         self._check_fits()
+        self.model.weight_hook = self
 
     # ---------------------------------------------------------------- memory accounting
     def _planned(self, module: nn.Module, names) -> int:
@@ -173,8 +181,7 @@ class StreamedModel:
             if need > cap:
                 raise MemoryError(f"layer {i} needs {need:,} bytes materialised (its tensors without the routed "
                                   f"experts, plus one expert) but max_memory_bytes = {cap:,}")
-        root = self._root_names()
-        need = self._planned(self.model, root) + self.cfg.hidden_size * self.model.head.weight.element_size()
+        need = self._planned(self.model, self._top_names) + self.cfg.hidden_size * self.model.head.weight.element_size()
         if need > cap:
             raise MemoryError(f"the final norm, mHC head and one row of the output head need {need:,} bytes "
                               f"but max_memory_bytes = {cap:,}")
@@ -243,110 +250,91 @@ class StreamedModel:
     def _expert_out(self, module: nn.Module, args, output) -> None:
         self._free(module)
 
-    def _root_names(self) -> list[str]:
-        return ["norm.weight", "hc_head_fn", "hc_head_base", "hc_head_scale"]
-
-    # ---------------------------------------------------------------- forward
-    def new_cache(self, batch_size: int = 1, storage: str | None = None, indexer_storage: str = "fp4") -> V4Cache:
-        """An empty decoding state on ``device`` (see ``V4Model.new_cache``)."""
-        return V4Cache(self.cfg, batch_size, self.dtype, self.device, storage, indexer_storage, owner=None)
-
-    def _ids(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point:
-            raise TypeError("input_ids must be an integer torch.Tensor")
-        ids = input_ids[None] if input_ids.dim() == 1 else input_ids
-        if ids.dim() != 2 or ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [batch, seq] with seq >= 1, got shape {tuple(input_ids.shape)}")
-        V = self.cfg.vocab_size
-        if int(ids.min()) < 0 or int(ids.max()) >= V:
-            raise ValueError(f"token ids must lie in [0, {V}), got [{int(ids.min())}, {int(ids.max())}]")
-        end = start + ids.shape[1]
-        if end > self.cfg.max_position_embeddings:
-            raise ValueError(f"positions {start}..{end - 1} run past max_position_embeddings "
-                             f"({self.cfg.max_position_embeddings})")
-        return ids.long().to(self.device)
-
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        table = self.reader.read("embed.weight", raw=True)          # memory map: only these rows are read
+    # ---------------------------------------------------------------- hooks of V4Model's forward
+    def embed(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """The embedding rows of ``ids``, read from the memory map (only these rows)."""
+        table = self.reader.read("embed.weight", raw=True)
+        weight = model.embed.weight
         rows = ids.reshape(-1).cpu()
-        nbytes = rows.numel() * self.cfg.hidden_size * self.model.embed.weight.element_size()
+        nbytes = rows.numel() * weight.shape[1] * weight.element_size()
         self._reserve(nbytes, "the embedding rows")
         try:
-            h = table[rows].to(device=self.device, dtype=self.model.embed.weight.dtype)
+            h = table[rows].to(device=self.device, dtype=weight.dtype)
         finally:
             self.current_bytes -= nbytes
         return h.view(*ids.shape, -1)
 
-    @torch.no_grad()
-    def hidden_states(self, input_ids: torch.Tensor, cache: V4Cache | None = None,
-                      ctx: ForwardContext | None = None) -> torch.Tensor:
-        """Final residual streams H [B, S, n, d], as ``V4Model.hidden_states``."""
-        start = cache.pos if cache is not None else 0
-        ids = self._ids(input_ids, start)
-        B, S = ids.shape
-        if cache is None:
-            cache = self.new_cache(B)
-        elif cache.broken:
-            raise RuntimeError(f"this cache is unusable: {cache.broken}")
-        elif cache.batch_size != B:
-            raise ValueError(f"cache batch size is {cache.batch_size} but input_ids has batch {B}")
-        ctx = ctx or ForwardContext()
+    @contextlib.contextmanager
+    def block(self, model: nn.Module, index: int, block: nn.Module):
+        """Block ``index``'s tensors but the routed experts (those come when the router picks
+        them), materialised while the block runs."""
+        names = [n for n in _tensor_names(block) if not n.startswith("ffn.experts.")]
+        self._materialise(block, f"layers.{index}.", names)
         try:
-            h = self._embed(ids)
-            H = h[:, :, None, :].expand(B, S, self.cfg.hc_mult, h.shape[-1]).contiguous()
-            for i, (layer, lc) in enumerate(zip(self.model.layers, cache.layers)):
-                names = [n for n in _tensor_names(layer) if not n.startswith("ffn.experts.")]
-                self._materialise(layer, f"layers.{i}.", names)
-                try:
-                    H = layer(H, ids, start, lc, ctx)
-                finally:
-                    self._free_all()
-        except BaseException as e:
-            cache.broken = f"a streamed forward pass failed mid-chunk ({type(e).__name__}: {e})"
-            raise
-        cache.pos = start + S
-        return H
-
-    @torch.no_grad()
-    def logits_from_hidden(self, H: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of the final streams (the output head in row chunks when it does not fit
-        in what is left of ``max_memory_bytes``)."""
-        m = self.model
-        self._materialise(m, "", self._root_names())
-        try:
-            head = m.head.weight
-            cap = self.max_memory_bytes
-            if cap is None or self.current_bytes + _nbytes(head) <= cap:
-                self._materialise(m, "", ["head.weight"])
-                return m.logits_from_hidden(H)
-            # mirrors V4Model.logits_from_hidden, one block of vocabulary rows at a time
-            y = m.norm(hc_head(H, m.hc_head_fn, m.hc_head_base, m.hc_head_scale, self.cfg))
-            V, d = head.shape
-            row = d * head.element_size()
-            step = max(1, (cap - self.current_bytes) // row)
-            table = self.reader.read("head.weight", raw=True)
-            out = torch.empty(*y.shape[:-1], V, dtype=f32(y).dtype, device=y.device)
-            for r0 in range(0, V, step):
-                r1 = min(V, r0 + step)
-                self._reserve((r1 - r0) * row, f"head rows {r0}..{r1 - 1}")
-                try:
-                    w = table[r0:r1].to(device=self.device, dtype=head.dtype, copy=True)
-                    if m.numerics != "hf":  # reference and deployed: the head in fp32
-                        out[..., r0:r1] = F.linear(f32(y), f32(w))
-                    else:
-                        out[..., r0:r1] = f32(F.linear(y, w))
-                    del w
-                finally:
-                    self.current_bytes -= (r1 - r0) * row
-            return out
+            yield
         finally:
             self._free_all()
 
+    @contextlib.contextmanager
+    def head(self, model: nn.Module):
+        """The final norm and mHC head, and the output head whole if it fits in what is left of
+        ``max_memory_bytes``, else in row chunks that do."""
+        self._materialise(model, "", self._top_names)
+        rows = None
+        try:
+            cap = self.max_memory_bytes
+            if cap is None or self.current_bytes + _nbytes(model.head.weight) <= cap:
+                self._materialise(model, "", ["head.weight"])
+                yield None
+            else:
+                rows = self._head_rows(model.head.weight, cap)
+                yield rows
+        finally:
+            if rows is not None:
+                rows.close()
+            self._free_all()
+
+    def _head_rows(self, head: torch.Tensor, cap: int):
+        V, d = head.shape
+        row = d * head.element_size()
+        step = max(1, (cap - self.current_bytes) // row)
+        table = self.reader.read("head.weight", raw=True)
+        for r0 in range(0, V, step):
+            r1 = min(V, r0 + step)
+            self._reserve((r1 - r0) * row, f"head rows {r0}..{r1 - 1}")
+            try:
+                yield r0, r1, table[r0:r1].to(device=self.device, dtype=head.dtype, copy=True)
+            finally:
+                self.current_bytes -= (r1 - r0) * row
+
+    # ---------------------------------------------------------------- the model's forward
+    @property
+    def config(self) -> V4Config:
+        return self.cfg
+
+    def fingerprint(self):
+        return self.model.fingerprint()
+
+    def new_cache(self, batch_size: int = 1, storage: str | None = None, indexer_storage: str = "fp4") -> V4Cache:
+        """An empty decoding state on ``device`` (``V4Model.new_cache``)."""
+        return self.model.new_cache(batch_size, storage, indexer_storage)
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids: torch.Tensor, cache: V4Cache | None = None,
+                      ctx: ForwardContext | None = None, attention_mask=None) -> torch.Tensor:
+        """Final residual streams H [B, S, n, d]: ``V4Model.hidden_states``, streamed."""
+        return self.model.hidden_states(input_ids, cache, ctx, attention_mask)
+
+    @torch.no_grad()
+    def logits_from_hidden(self, H: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of the final streams: ``V4Model.logits_from_hidden``, streamed."""
+        return self.model.logits_from_hidden(H)
+
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, cache: V4Cache | None = None,
-                ctx: ForwardContext | None = None) -> torch.Tensor:
-        """Logits [B, S, vocab] (fp32) of this chunk, streaming every layer once."""
-        return self.logits_from_hidden(self.hidden_states(input_ids, cache, ctx))
+                ctx: ForwardContext | None = None, attention_mask=None, return_hidden: bool = False):
+        """Logits [B, S, vocab] (fp32) of this chunk, streaming every layer once: ``V4Model.forward``."""
+        return self.model(input_ids, cache, attention_mask, ctx, return_hidden)
 
     __call__ = forward
 
