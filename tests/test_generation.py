@@ -133,3 +133,42 @@ def test_answer_shares_the_decode_loop_and_ends_the_cache_at_its_answer():
     with torch.no_grad():
         full = model(torch.tensor([prompt + got]))[0]
     assert full[len(prompt) - 1 : -1].argmax(-1).tolist() == got
+
+
+def test_generate_answer_and_the_demo_run_the_one_decode_loop(monkeypatch):
+    import io
+
+    from v4lab import demo, generation, pretrained
+    from v4lab import eval as ev
+    from v4lab.data import decode_ids, encode_text
+
+    loops = []
+    real_decode = generation.decode
+
+    def counted(*a, **k):
+        out = real_decode(*a, **k)
+        loops.append(out[0])  # the rows it produced
+        return out
+
+    monkeypatch.setattr(generation, "decode", counted)
+    model = _model(cfg=CFG.replace(vocab_size=320), seed=2)  # byte-level ids, as the demo's prompt
+    prompt = torch.randint(0, 320, (37,), generator=torch.Generator().manual_seed(9)).tolist()
+    g = generate(model, prompt, 6)
+    a, _ = answer(model, prompt, 6)
+    assert len(loops) == 2 and loops[0] == loops[1] == [g.tokens] and a == g.tokens
+    # the demo answers with eval.answer -> generate -> decode, and streams what the loop picks
+    prompts = []
+    real_generate = ev.generate
+    monkeypatch.setattr(ev, "generate", lambda m, ids, *x, **k: prompts.append(ids) or real_generate(m, ids, *x, **k))
+    monkeypatch.setattr(pretrained, "load_flash_mini", lambda *x, **k: model)
+    out = io.StringIO()
+    res = demo.run(context=300, depth=0.5, figure=None, out=out)
+    assert len(loops) == 3 and len(prompts) == 1
+    picked = loops[2][0]
+    newline = encode_text("\n")[0]
+    assert res["answer"] == decode_ids(picked).strip()
+    assert f"answer: {decode_ids([t for t in picked if t != newline])}\n" in out.getvalue()
+    # the same tokens as generate on the demo's prompt, stopping at the newline
+    assert generate(model, prompts[0], len(picked), stop=newline).tokens == picked
+    with pytest.raises(ValueError, match="ctx_prompt"):
+        generate(model, prompt, 2, ctx_prompt="none")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .attention import ForwardContext
 from .data import BOS_ID, decode_ids, encode_text, iter_windows, make_needle_task
-from .generation import check_room, decode, prefill
+from .generation import check_room, generate, prefill
 
 
 @dataclass
@@ -56,13 +56,14 @@ def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = Non
            record: bool = False, progress: bool = False, cache=None, on_token=None):
     """Greedy answer to a prompt; returns (new ids, records of the answer steps or None).
 
-    The decode loop is ``generate``'s (:func:`v4lab.generation.decode`): the answer ends at
-    ``stop_id`` (included) or after ``max_new`` tokens, and every answer token is fed, so the cache
-    ends at the end of the answer.  With ``record=True`` the records cover the steps that chose an
-    answer token (the last prompt token and every answer token but the last).  ``cache``: a
-    ``model.new_cache(1)`` to fill (to measure it afterwards), else a new one; its ``pos`` plus the
-    prompt plus ``max_new`` must fit in ``max_position_embeddings`` (checked before any work).
-    ``on_token(id)`` is called with each new token as soon as it is chosen (for streaming)."""
+    It is ``generate`` (greedy, ``ctx_prompt="last"``), so the decode loop is
+    :func:`v4lab.generation.decode`: the answer ends at ``stop_id`` (included) or after ``max_new``
+    tokens, and every answer token is fed, so the cache ends at the end of the answer.  With
+    ``record=True`` the records cover the steps that chose an answer token (the last prompt token
+    and every answer token but the last).  ``cache``: a ``model.new_cache(1)`` to fill (to measure
+    it afterwards), else a new one; its ``pos`` plus the prompt plus ``max_new`` must fit in
+    ``max_position_embeddings`` (checked before any work).  ``on_token(id)`` is called with each
+    new token as soon as it is chosen (for streaming)."""
     if not isinstance(max_new, int) or max_new < 0:
         raise ValueError(f"max_new must be an integer >= 0, got {max_new!r}")
     ids = torch.tensor([prompt_ids], device=model.device)
@@ -71,14 +72,11 @@ def answer(model, prompt_ids: list[int], max_new: int, stop_id: int | None = Non
     if cache is not None:
         cache.check(model, 1, ids.shape[1])
     check_room(model, cache, ids.shape[1], max_new, what="answer")
-    cache = model.new_cache(1) if cache is None else cache
     # everything but the last prompt token without recording, then the rest with records
-    if ids.shape[1] > 1:
-        prefill(model, ids[:, :-1], cache, chunk, progress)
     ctx = ForwardContext(record=record)
-    logits = model(ids[:, -1:], cache=cache, ctx=ctx)[:, -1]
-    rows, *_ = decode(model, logits, cache, max_new, stop=stop_id, on_token=on_token, ctx=ctx)
-    return rows[0], (ctx.records if record else None)
+    res = generate(model, ids, int(max_new), stop=stop_id, cache=cache, on_token=on_token, prefill_chunk=chunk,
+                   progress=progress, ctx=ctx, ctx_prompt="last")
+    return res.tokens, (ctx.records if record else None)
 
 
 def answer_task(model, task, chunk: int, record: bool):
@@ -314,12 +312,7 @@ def speculative_generate(model, input_ids, max_new_tokens: int, chunk: int = 204
     t0 = time.perf_counter()
     cache = model.new_cache(1)
     P = ids.shape[1]
-    Hs = []
-    logits = None
-    for s0 in range(0, P, chunk):
-        logits, H = model(ids[:, s0 : s0 + chunk], cache=cache, return_hidden=True)
-        Hs.append(H)
-    H_all = torch.cat(Hs, 1)
+    last, H_all = prefill(model, ids, cache, chunk, progress=False, return_hidden=True)
     mtp_lc = LayerCache(cfg, cfg.mtp_ratio, 1, model.dtype, model.device, "native", "fp4",
                         kind=cfg.layer_kind(cfg.num_hidden_layers))
     mtp_pos = 0
@@ -328,7 +321,7 @@ def speculative_generate(model, input_ids, max_new_tokens: int, chunk: int = 204
         model.mtp_logits(H_all[:, : P - 1], ids[:, 1:], start_pos=0, lc=mtp_lc)
         mtp_pos = P - 1
     H_last = H_all[:, -1:]
-    nxt = int(logits[0, -1].argmax())
+    nxt = int(last[0].argmax())
     out, drafted, accepted, forwards = [nxt], 0, 0, 1
     while len(out) < max_new_tokens:
         # draft the token after `nxt` from the final streams at the previous position

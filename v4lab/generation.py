@@ -11,8 +11,9 @@ conversation exactly as one forward over the whole of it would.  ``result.last_l
 the prediction after the last returned token.
 
 A batch of prompts (equal lengths: V4's compressor blocks cannot skip padding) decodes together;
-each row stops at its own stop token.  ``decode`` is the decode loop shared with
-``v4lab.eval.answer``.
+each row stops at its own stop token.  ``decode`` is the one decode loop: ``generate`` runs it,
+and ``v4lab.eval.answer`` (so the demo, ``python -m v4lab.demo``) runs ``generate``;
+``v4lab.eval.speculative_generate`` shares ``prefill``.
 """
 from __future__ import annotations
 
@@ -83,21 +84,26 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 
 @torch.no_grad()
 def prefill(model, input_ids: torch.Tensor, cache: V4Cache, chunk: int = 2048, progress: bool | None = None,
-            ctx=None) -> torch.Tensor:
-    """Feed ``input_ids`` [B, S] through ``cache`` in chunks; returns the last position's logits [B, V]."""
+            ctx=None, return_hidden: bool = False):
+    """Feed ``input_ids`` [B, S] through ``cache`` in chunks; returns the last position's logits [B, V]
+    (with ``return_hidden=True``: and the final streams of every position, [B, S, n, d])."""
     from tqdm.auto import tqdm
 
     if chunk < 1:
         raise ValueError(f"prefill chunk must be >= 1, got {chunk}")
     S = input_ids.shape[1]
     show = progress if progress is not None else S > 4 * chunk
-    last = None
+    last, hidden = None, []
     with tqdm(total=S, unit="tok", desc="prefill", disable=not show, leave=False) as bar:
         for s0 in range(0, S, chunk):
-            out = model(input_ids[:, s0 : s0 + chunk], cache=cache, ctx=ctx)
+            if return_hidden:
+                out, H = model(input_ids[:, s0 : s0 + chunk], cache=cache, ctx=ctx, return_hidden=True)
+                hidden.append(H)
+            else:
+                out = model(input_ids[:, s0 : s0 + chunk], cache=cache, ctx=ctx)
             last = out[:, -1]
             bar.update(out.shape[1])
-    return last
+    return (last, torch.cat(hidden, 1)) if return_hidden else last
 
 
 def check_room(model, cache: V4Cache | None, n_prompt: int, max_new_tokens: int, what: str = "generate") -> None:
@@ -186,7 +192,8 @@ def _as_batch(input_ids, device) -> tuple[torch.Tensor, bool]:
 def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              stop: Iterable[int] | int | None = None, cache: V4Cache | None = None,
              on_token: Callable | None = None, prefill_chunk: int = 2048, seed: int = 0,
-             progress: bool | None = None, keep_logits: bool = False, ctx=None) -> GenerationResult:
+             progress: bool | None = None, keep_logits: bool = False, ctx=None, *,
+             ctx_prompt: str = "all") -> GenerationResult:
     """Generate up to ``max_new_tokens`` after ``input_ids``: one prompt (a list, a [S] or a [1, S]
     tensor) or a batch of prompts of equal length (a [B, S] tensor or a list of lists).
 
@@ -195,11 +202,18 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
     ``cache``: continue from an existing cache (the prompt is appended to it; it ends at the end of
     the returned sequence, so the next call continues exactly).  Bad input -- including a length
     that would pass ``max_position_embeddings`` -- raises a ValueError before any work.  Returns a
-    ``GenerationResult`` with timings."""
+    ``GenerationResult`` with timings.
+
+    ``ctx`` (e.g. ``ForwardContext(record=True)``) runs the forward passes; ``ctx_prompt="all"``:
+    all of the prompt's too, ``"last"``: only the steps that choose a new token (the prompt but
+    its last token is prefilled without ``ctx``, the last one is fed on its own under it), as
+    ``v4lab.eval.answer`` records them."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     _check_sampling(temperature, top_p)
     _stop_set(stop, model.config.vocab_size)
+    if ctx_prompt not in ("all", "last"):
+        raise ValueError(f"ctx_prompt must be 'all' or 'last', got {ctx_prompt!r}")
     ids, single = _as_batch(input_ids, model.device)
     B, S = ids.shape
     if cache is not None:
@@ -208,7 +222,12 @@ def generate(model, input_ids, max_new_tokens: int, temperature: float = 0.0, to
     cache = cache if cache is not None else model.new_cache(B)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     t0 = time.perf_counter()
-    logits = prefill(model, ids, cache, prefill_chunk, progress, ctx)
+    if ctx_prompt == "all":
+        logits = prefill(model, ids, cache, prefill_chunk, progress, ctx)
+    else:
+        if S > 1:
+            prefill(model, ids[:, :-1], cache, prefill_chunk, progress)
+        logits = model(ids[:, -1:], cache=cache, ctx=ctx)[:, -1]
     t1 = time.perf_counter()
     rows, stopped, step_logits, last, steps = decode(
         model, logits, cache, max_new_tokens, temperature, top_p, stop, gen, on_token, keep_logits, ctx)
