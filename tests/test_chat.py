@@ -434,3 +434,15 @@ def test_fuzz_corrupted_blocks(text, mutations):
 @given(body=st.lists(st.sampled_from(FRAGMENTS + ["a", "3", "f"]), max_size=30))
 def test_fuzz_fragment_soup(body):
     parses_or_raises_dsml_error("r</think>c" + TOOL_CALLS_START + "".join(body))
+
+
+def test_chat_reexports_its_token_strings_and_the_dsml_code():
+    # `from v4lab.chat import X` gives the object defined in chat_tokens / dsml, not a copy
+    from v4lab import chat, chat_tokens, dsml
+
+    for name in chat_tokens.__all__:
+        assert getattr(chat, name) is getattr(chat_tokens, name), name
+    for name in ("parse", "render_tool_calls", "DSMLParseError", "ParsedMessage"):
+        assert getattr(chat, name) is getattr(dsml, name), name
+    for name in chat.__all__:
+        assert hasattr(chat, name), name

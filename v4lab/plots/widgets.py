@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import html
 import io
+import re
 
 from matplotlib.figure import Figure
 
-from .. import costs
+from .. import chat, costs
+from ..tokenizer import ByteTokenizer
 from ._common import fig_ax, short_len
 from .costs import plot_layer_breakdown
+from .model import indexer_view
 
 EXPLORER_MODELS = ("v3.2", "pro", "flash", "dense")
 """Models of the explorer's table, V3.2 first (the reference of the ratios)."""
@@ -176,11 +179,6 @@ def chat_segments(text: str, tokenizer=None) -> list[dict]:
     is "reasoning" (from the ``<think>`` after ``<｜Assistant｜>`` up to ``</think>``), "dsml"
     (inside a tool-call block), "tool_result" (inside ``<tool_result>...</tool_result>``) or
     "plain"."""
-    import re
-
-    from .. import chat
-    from ..tokenizer import ByteTokenizer
-
     tok = tokenizer or ByteTokenizer()
     special = {i: s for s, i in tok.special_tokens.items()}
     ids = tok.encode(text)
@@ -232,8 +230,6 @@ def chat_html(text: str, tokenizer=None, max_chars: int | None = None) -> str:
     """HTML of a chat prompt (see :func:`chat_segments`): special tokens as bordered chips with
     their id, coloured regions for reasoning, DSML and tool results, and a legend with the id
     count.  ``max_chars`` shortens long plain-text runs (the tools section) in the middle."""
-    from ..tokenizer import ByteTokenizer
-
     tok = tokenizer or ByteTokenizer()
     segs = chat_segments(text, tok)
     out = []
@@ -273,8 +269,6 @@ def indexer_explorer(scores, positions, k: int = 16, query: int | None = None, r
     The box has ``update()`` and ``controls`` ({"query", "k"}) attributes, like
     :func:`kv_cost_explorer`."""
     import ipywidgets as W
-
-    from .model import indexer_view
 
     n = len(positions)
     query = n - 1 if query is None else query
