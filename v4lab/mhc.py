@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import einsum
 
 from .config import V4Config
 from .norm import f32
@@ -69,13 +70,13 @@ def hc_weights(H, fn, base, scale, cfg: V4Config):
 
 def hc_collapse(H: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """x = sum_i pre_i H_i  -> [B, S, d] in H's dtype (weighted sum in fp32)."""
-    return torch.einsum("bsn,bsnd->bsd", pre, f32(H)).to(H.dtype)
+    return einsum(pre, f32(H), "b s n, b s n d -> b s d").to(H.dtype)
 
 
 def hc_expand(f: torch.Tensor, H: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
     """H'_j = post_j f + sum_i comb[i, j] H_i  (mixing in fp32, result in H's dtype).
     The sum runs over the first index of comb: comb is applied transposed."""
-    mixed = torch.einsum("bsij,bsid->bsjd", comb, f32(H))
+    mixed = einsum(comb, f32(H), "b s i j, b s i d -> b s j d")  # streams i in, j out
     return (post[..., None] * f32(f)[:, :, None, :] + mixed).to(H.dtype)
 
 

@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ._common import KIND_COLORS, fig_ax  # noqa: F401  (KIND_COLORS: also read from here)
+from .model import receptive_field          # the one statement of what each layer type reads
 
 
 def visibility_mask(kind: str, length: int, window: int, ratio: int = 0, selected=None) -> np.ndarray:
@@ -20,8 +21,6 @@ def visibility_mask(kind: str, length: int, window: int, ratio: int = 0, selecte
     'csa': plus the tokens of the entries in ``selected[t]`` (lists of entry ids; default: all
     complete entries, i.e. top-k covering everything).  Entry j of CSA pools block j and the first
     half of the channels of block j-1 (8 tokens); HCA entry j pools block j."""
-    from .model import receptive_field          # the one statement of what each layer type reads
-
     M = np.zeros((length, length), dtype=np.int8)
     for t in range(length):
         rf = receptive_field(kind, t, window, ratio, None if selected is None else selected[t])
